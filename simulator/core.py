@@ -1,0 +1,564 @@
+"""The step kernel: one week for a whole population, as numpy array operations.
+
+Both the single-customer :class:`~simulator.env.CustomerLifecycleEnv` and the native
+:class:`~simulator.vector_env.CustomerLifecycleVectorEnv` drive a :class:`Population`; no
+Python loop runs over customers.
+
+Weekly dynamics, in order (see ``Population.step``):
+
+1. eligibility: a requested action that the mask forbids becomes "no contact"; a contact
+   budget, if set, is spent in a random order and the rest is refused;
+2. contact effects: the lift of the offer through the channel (segment sensitivity, channel
+   response and affinity, damped by channel fatigue), opt-out draws that rise with fatigue,
+   "sleeping dog" dropouts, retention effects of loyalty offers, then fatigue builds;
+3. dropped-out customers may come back (more likely when a contact reaches them);
+4. purchases: Poisson with the BG/NBD latent rate x seasonality x (1 + lift), less the
+   purchases that earlier offers pulled forward; after each repeat purchase the customer
+   drops out with probability p (geometric), spend per purchase is Gamma-Gamma;
+5. reward = margin on purchases - discount cost (on every purchase in the offer week,
+   cannibalized ones included) - contact cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.config import STAGES, Scenario
+
+STAGE_INDEX = {name: i for i, name in enumerate(STAGES)}
+RECENCY_CAP = 520
+CONTACT_RECENCY_CAP = 52
+# Observation caps keep the Box finite; no simulated customer comes near them.
+FREQUENCY_CAP = 100_000
+MONETARY_CAP = 1e7
+PROSPECT_MAX_TENURE = 26
+
+
+class MaskedActionError(ValueError):
+    """Raised in strict mode when a requested action is not eligible."""
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Scenario parameters as arrays indexed by action, channel and segment."""
+
+    n_actions: int
+    n_channels: int
+    n_offers: int
+    n_segments: int
+    action_offer: np.ndarray  # (A,) offer index, -1 for no contact
+    action_channel: np.ndarray  # (A,) channel index, -1 for no contact
+    action_contact_cost: np.ndarray  # (A,)
+    action_base_lift: np.ndarray  # (A,) offer uplift x channel response
+    action_discount_rate: np.ndarray  # (A,)
+    action_cost_per_order: np.ndarray  # (A,)
+    action_pull_forward: np.ndarray  # (A,)
+    action_retention_mult: np.ndarray  # (A,)
+    action_retention_weeks: np.ndarray  # (A,)
+    channel_opt_in: np.ndarray  # (C,)
+    channel_decay: np.ndarray  # (C,)
+    channel_fatigue_sens: np.ndarray  # (C,)
+    channel_optout_base: np.ndarray  # (C,)
+    channel_optout_per_fatigue: np.ndarray  # (C,)
+    channel_cap: np.ndarray  # (C,)
+    segment_share: np.ndarray  # (S,)
+    segment_rate: np.ndarray  # (S,)
+    segment_dropout: np.ndarray  # (S,)
+    segment_spend: np.ndarray  # (S,)
+    segment_sensitivity: np.ndarray  # (S,)
+    segment_contact_churn: np.ndarray  # (S,)
+    segment_affinity: np.ndarray  # (S, C)
+    season: np.ndarray  # (52,) multiplier by week of year (0-based)
+
+    @classmethod
+    def from_scenario(cls, sc: Scenario) -> Tables:
+        offers = list(sc.offers.values())
+        channels = list(sc.channels.values())
+        segments = list(sc.segments.values())
+        n_off, n_ch = len(offers), len(channels)
+        a_off = np.concatenate([[-1], np.repeat(np.arange(n_off), n_ch)])
+        a_ch = np.concatenate([[-1], np.tile(np.arange(n_ch), n_off)])
+
+        def by_action(offer_values: list[float], channel_values: list[float] | None = None):
+            out = np.zeros(len(a_off))
+            contact = a_off >= 0
+            out[contact] = np.asarray(offer_values)[a_off[contact]]
+            if channel_values is not None:
+                out[contact] *= np.asarray(channel_values)[a_ch[contact]]
+            return out
+
+        cost = np.zeros(len(a_off))
+        cost[1:] = np.asarray([c.cost for c in channels])[a_ch[1:]]
+        retention = np.ones(len(a_off))
+        retention[1:] = np.asarray([o.retention_multiplier for o in offers])[a_off[1:]]
+        season = np.ones(52)
+        for peak in sc.seasonality:
+            weeks = _week_range(peak.start_week, peak.end_week)
+            season[weeks] *= peak.multiplier
+        return cls(
+            n_actions=sc.n_actions,
+            n_channels=n_ch,
+            n_offers=n_off,
+            n_segments=len(segments),
+            action_offer=a_off,
+            action_channel=a_ch,
+            action_contact_cost=cost,
+            action_base_lift=by_action([o.uplift for o in offers], [c.response for c in channels]),
+            action_discount_rate=by_action([o.discount_rate for o in offers]),
+            action_cost_per_order=by_action([o.cost_per_order for o in offers]),
+            action_pull_forward=by_action([o.pull_forward_share for o in offers]),
+            action_retention_mult=retention,
+            action_retention_weeks=by_action([o.retention_weeks for o in offers]).astype(np.int32),
+            channel_opt_in=np.asarray([c.opt_in_prob for c in channels]),
+            channel_decay=np.asarray([c.fatigue_decay for c in channels], dtype=np.float32),
+            channel_fatigue_sens=np.asarray([c.fatigue_sensitivity for c in channels]),
+            channel_optout_base=np.asarray([c.optout_base for c in channels]),
+            channel_optout_per_fatigue=np.asarray([c.optout_per_fatigue for c in channels]),
+            channel_cap=np.asarray([c.max_per_window for c in channels], dtype=np.int16),
+            segment_share=np.asarray([s.share for s in segments]),
+            segment_rate=np.asarray([s.rate_multiplier for s in segments]),
+            segment_dropout=np.asarray([s.dropout_multiplier for s in segments]),
+            segment_spend=np.asarray([s.spend_multiplier for s in segments]),
+            segment_sensitivity=np.asarray([s.offer_sensitivity for s in segments]),
+            segment_contact_churn=np.asarray([s.contact_churn_prob for s in segments]),
+            segment_affinity=np.asarray(
+                [[s.channel_affinity.get(c, 1.0) for c in sc.channels] for s in segments]
+            ),
+            season=season,
+        )
+
+
+def _week_range(start: int, end: int) -> np.ndarray:
+    """0-based weeks of year from ``start`` to ``end`` (1-based, inclusive, may wrap)."""
+    if start <= end:
+        return np.arange(start - 1, end)
+    return np.concatenate([np.arange(start - 1, 52), np.arange(0, end)])
+
+
+def observation_feature_names(sc: Scenario) -> list[str]:
+    """Names of the observation vector's entries, in order (the observation schema)."""
+    names = ["recency_weeks", "frequency", "monetary_avg", "tenure_weeks"]
+    for ch in sc.channels:
+        names += [f"weeks_since_contact_{ch}", f"contacts_in_window_{ch}", f"opt_in_{ch}"]
+    names += [f"stage_{s}" for s in STAGES]
+    names += [f"segment_{s}" for s in sc.segments]
+    names += ["week_of_year_sin", "week_of_year_cos", "horizon_progress"]
+    return names
+
+
+@dataclass
+class StepResult:
+    """Per-customer outcome of one week; every array has length N."""
+
+    reward: np.ndarray
+    revenue: np.ndarray
+    margin: np.ndarray
+    discount_cost: np.ndarray
+    contact_cost: np.ndarray
+    purchases: np.ndarray
+    executed_action: np.ndarray
+    masked_action: np.ndarray
+    budget_refused: np.ndarray
+    opted_out: np.ndarray
+    dropped_out: np.ndarray
+    truncated: bool
+
+
+@dataclass
+class Population:
+    """State of N customers. Latent fields (``lam``, ``p_drop``, ``nu``, ``alive``,
+    ``fatigue``, ``pf_debt``) are never part of the observation."""
+
+    scenario: Scenario
+    tables: Tables
+    # latent
+    lam: np.ndarray
+    p_drop: np.ndarray
+    nu: np.ndarray
+    alive: np.ndarray
+    segment: np.ndarray
+    fatigue: np.ndarray  # (N, C) float32
+    pf_debt: np.ndarray
+    retention_mult: np.ndarray
+    retention_left: np.ndarray
+    arrival_week: np.ndarray  # episode week in which the customer joins (<= 0: present)
+    arrival_opt_in: np.ndarray  # (N, C) opt-ins granted on arrival
+    # observable history
+    present: np.ndarray
+    purchased_ever: np.ndarray
+    recency: np.ndarray
+    tenure: np.ndarray
+    n_repeat: np.ndarray
+    n_purchases: np.ndarray
+    total_spend: np.ndarray
+    reactivated: np.ndarray
+    opt_in: np.ndarray  # (N, C) bool
+    weeks_since_contact: np.ndarray  # (N, C) int16
+    window_counts: np.ndarray  # (N, C) int16 contacts per channel in the cap window
+    contact_ring: np.ndarray  # (N, W) int8: channel+1 contacted in each of the last W weeks
+    ring_pos: int = 0
+    week: int = 0
+    strict: bool = False
+    masked_total: int = 0
+    budget_refused_total: int = 0
+    _mask_cache: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.lam.shape[0])
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(
+        cls,
+        scenario: Scenario,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        strict: bool = False,
+        arrival_week: np.ndarray | None = None,
+    ) -> Population:
+        """Draw N customers with latent traits and a no-contact purchase history.
+
+        ``arrival_week`` (optional, length N) overrides the population mix: every customer then
+        joins, with a first purchase, in the given episode week.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        sc, tb = scenario, Tables.from_scenario(scenario)
+        pm = sc.purchase
+        segment = rng.choice(tb.n_segments, size=n, p=tb.segment_share).astype(np.int16)
+        lam = rng.gamma(pm.r, 1.0 / pm.alpha, size=n) * tb.segment_rate[segment]
+        p_drop = np.minimum(rng.beta(pm.a, pm.b, size=n) * tb.segment_dropout[segment], 1.0)
+        nu = rng.gamma(pm.spend_q, 1.0 / pm.spend_gamma, size=n) / tb.segment_spend[segment]
+        opt_in_draw = rng.random((n, tb.n_channels)) < tb.channel_opt_in
+
+        if arrival_week is None:
+            kind = rng.random(n)
+            acq = sc.acquisition
+            is_prospect = kind < acq.prospect_share
+            is_arrival = (kind >= acq.prospect_share) & (
+                kind < acq.prospect_share + acq.arrival_share
+            )
+            arrivals = np.zeros(n, dtype=np.int32)
+            if sc.horizon_weeks > 1:
+                arrivals[is_arrival] = rng.integers(1, sc.horizon_weeks, size=is_arrival.sum())
+            else:
+                is_arrival[:] = False
+        else:
+            arrivals = np.asarray(arrival_week, dtype=np.int32)
+            if arrivals.shape != (n,):
+                raise ValueError(f"arrival_week must have shape ({n},), got {arrivals.shape}")
+            is_prospect = np.zeros(n, dtype=bool)
+            is_arrival = np.ones(n, dtype=bool)
+        is_customer = ~is_prospect & ~is_arrival
+
+        # Existing customers: exact BG/NBD history since a first purchase T0 weeks ago.
+        tenure = np.zeros(n, dtype=np.int32)
+        recency = np.zeros(n, dtype=np.int32)
+        n_repeat = np.zeros(n, dtype=np.int32)
+        alive = np.ones(n, dtype=bool)
+        idx = np.flatnonzero(is_customer)
+        if idx.size and sc.history_weeks > 0:
+            t0 = rng.uniform(0.0, sc.history_weeks, size=idx.size)
+            events = rng.poisson(lam[idx] * t0)
+            lives = rng.geometric(p_drop[idx])  # repeat purchases up to and incl. dropout
+            x = np.minimum(events, lives)
+            alive[idx] = lives > events
+            # The x-th of `events` uniform purchase times is Beta(x, events - x + 1) * T0.
+            last = np.zeros(idx.size)
+            has = x > 0
+            last[has] = rng.beta(x[has], events[has] - x[has] + 1) * t0[has]
+            tenure[idx] = np.floor(t0).astype(np.int32)
+            recency[idx] = np.floor(t0 - last).astype(np.int32)
+            n_repeat[idx] = x
+        prospects = np.flatnonzero(is_prospect)
+        tenure[prospects] = rng.integers(0, PROSPECT_MAX_TENURE + 1, size=prospects.size)
+        recency[prospects] = tenure[prospects]
+        purchased_ever = is_customer.copy()
+        n_purchases = np.where(is_customer, n_repeat + 1, 0).astype(np.int32)
+        total_spend = np.zeros(n)
+        if idx.size:
+            total_spend[idx] = rng.gamma(n_purchases[idx] * pm.spend_p, 1.0 / nu[idx])
+
+        present = ~is_arrival | (arrivals <= 0)
+        opt_in = opt_in_draw & present[:, None]
+        c, w = tb.n_channels, sc.constraints.cap_window_weeks
+        return cls(
+            scenario=sc,
+            tables=tb,
+            lam=lam,
+            p_drop=p_drop,
+            nu=nu,
+            alive=alive,
+            segment=segment,
+            fatigue=np.zeros((n, c), dtype=np.float32),
+            pf_debt=np.zeros(n),
+            retention_mult=np.ones(n),
+            retention_left=np.zeros(n, dtype=np.int32),
+            arrival_week=np.where(is_arrival, arrivals, 0).astype(np.int32),
+            arrival_opt_in=opt_in_draw,
+            present=present,
+            purchased_ever=purchased_ever,
+            recency=recency,
+            tenure=tenure,
+            n_repeat=n_repeat,
+            n_purchases=n_purchases,
+            total_spend=total_spend,
+            reactivated=np.zeros(n, dtype=bool),
+            opt_in=opt_in,
+            weeks_since_contact=np.full((n, c), CONTACT_RECENCY_CAP, dtype=np.int16),
+            window_counts=np.zeros((n, c), dtype=np.int16),
+            contact_ring=np.zeros((n, w), dtype=np.int8),
+            strict=strict,
+        )
+
+    # ------------------------------------------------------------------ observation
+    def stage(self) -> np.ndarray:
+        """Observable lifecycle stage index per customer (see ``config.STAGES``)."""
+        st = self.scenario.stages
+        rec = self.recency
+        out = np.full(self.n, STAGE_INDEX["active"], dtype=np.int8)
+        out[rec > st.at_risk_weeks] = STAGE_INDEX["at_risk"]
+        out[rec > st.lapsed_weeks] = STAGE_INDEX["lapsed"]
+        out[rec > st.churned_weeks] = STAGE_INDEX["churned"]
+        out[(self.tenure < st.new_weeks) & self.purchased_ever] = STAGE_INDEX["new"]
+        out[self.reactivated] = STAGE_INDEX["reactivated"]
+        out[~self.purchased_ever] = STAGE_INDEX["prospect"]
+        return out
+
+    def observe(self) -> np.ndarray:
+        """Observation matrix (N, D) float32 in the order of ``observation_feature_names``."""
+        tb = self.tables
+        n, c = self.n, tb.n_channels
+        n_stage = len(STAGES)
+        dim = 4 + 3 * c + n_stage + tb.n_segments + 3
+        obs = np.zeros((n, dim), dtype=np.float32)
+        obs[:, 0] = np.minimum(self.recency, RECENCY_CAP)
+        obs[:, 1] = np.minimum(self.n_repeat, FREQUENCY_CAP)
+        obs[:, 2] = np.minimum(self.total_spend / np.maximum(self.n_purchases, 1), MONETARY_CAP)
+        obs[:, 3] = np.minimum(self.tenure, RECENCY_CAP)
+        per_channel = obs[:, 4 : 4 + 3 * c].reshape(n, c, 3)
+        per_channel[:, :, 0] = self.weeks_since_contact
+        per_channel[:, :, 1] = self.window_counts
+        per_channel[:, :, 2] = self.opt_in
+        col = 4 + 3 * c
+        obs[np.arange(n), col + self.stage()] = 1.0
+        col += n_stage
+        obs[np.arange(n), col + self.segment] = 1.0
+        col += tb.n_segments
+        angle = 2.0 * np.pi * self.week_of_year / 52.0
+        obs[:, col] = np.sin(angle)
+        obs[:, col + 1] = np.cos(angle)
+        obs[:, col + 2] = self.week / self.scenario.horizon_weeks
+        return obs
+
+    @property
+    def week_of_year(self) -> int:
+        """0-based calendar week of the current step."""
+        return (self.scenario.start_week - 1 + self.week) % 52
+
+    def action_mask(self) -> np.ndarray:
+        """(N, A) bool: no contact is always allowed; a contact needs the customer present,
+        opted in, and under the channel's and the overall frequency caps."""
+        if self._mask_cache is not None:
+            return self._mask_cache
+        tb, cons = self.tables, self.scenario.constraints
+        channel_ok = (
+            self.opt_in
+            & (self.window_counts < tb.channel_cap)
+            & (self.window_counts.sum(axis=1) < cons.max_contacts_per_window)[:, None]
+        )
+        if cons.budget_per_customer_week is not None:
+            channel_ok &= (tb.action_contact_cost[1 : 1 + tb.n_channels] <= self._budget())[None]
+        mask = np.empty((self.n, tb.n_actions), dtype=bool)
+        mask[:, 0] = True
+        mask[:, 1:] = np.tile(channel_ok, tb.n_offers)
+        self._mask_cache = mask
+        return mask
+
+    def _budget(self) -> float:
+        budget = self.scenario.constraints.budget_per_customer_week
+        return float("inf") if budget is None else budget * self.n
+
+    def oracle_state(self) -> dict[str, np.ndarray]:
+        """Latent state for evaluation and oracle policies only (copies)."""
+        return {
+            "purchase_rate": self.lam.copy(),
+            "dropout_prob": self.p_drop.copy(),
+            "spend_rate": self.nu.copy(),
+            "alive": self.alive.copy(),
+            "fatigue": self.fatigue.copy(),
+            "pull_forward_debt": self.pf_debt.copy(),
+            "retention_multiplier": np.where(self.retention_left > 0, self.retention_mult, 1.0),
+            "segment": self.segment.copy(),
+            "present": self.present.copy(),
+        }
+
+    # ------------------------------------------------------------------ dynamics
+    def step(self, actions: np.ndarray, rng: np.random.Generator) -> StepResult:
+        """Advance every customer by one week under ``actions`` (length N ints)."""
+        tb, sc = self.tables, self.scenario
+        pm = sc.purchase
+        n = self.n
+        actions = np.asarray(actions)
+        if actions.shape != (n,):
+            raise ValueError(f"actions must have shape ({n},), got {actions.shape}")
+        if not np.issubdtype(actions.dtype, np.integer):
+            if not np.all(np.mod(actions, 1) == 0):
+                raise ValueError("actions must be integers")
+            actions = actions.astype(np.int64)
+        if actions.size and (actions.min() < 0 or actions.max() >= tb.n_actions):
+            raise ValueError(f"actions must be in [0, {tb.n_actions}), got {actions.min()}..")
+        rows = np.arange(n)
+
+        # 1. eligibility and budget
+        allowed = self.action_mask()[rows, actions]
+        masked = ~allowed
+        if self.strict and masked.any():
+            bad = int(np.flatnonzero(masked)[0])
+            raise MaskedActionError(
+                f"action {int(actions[bad])} is not eligible for customer {bad} "
+                "(opted out, frequency cap or budget); strict mode refuses it"
+            )
+        executed = np.where(allowed, actions, 0)
+        budget_refused = np.zeros(n, dtype=bool)
+        contact_cost = tb.action_contact_cost[executed]
+        budget = self._budget()
+        if contact_cost.sum() > budget:
+            order = rng.permutation(n)
+            over = np.cumsum(contact_cost[order]) > budget
+            refused = order[over & (contact_cost[order] > 0)]
+            executed[refused] = 0
+            budget_refused[refused] = True
+            contact_cost = tb.action_contact_cost[executed]
+        self.masked_total += int(masked.sum())
+        self.budget_refused_total += int(budget_refused.sum())
+
+        # 2. contact effects (fatigue before this week's contact damps the response)
+        contacted = executed > 0
+        ch = tb.action_channel[executed]
+        ch_safe = np.maximum(ch, 0)
+        fat_before = self.fatigue[rows, ch_safe].astype(np.float64)
+        seg = self.segment
+        lift = (
+            tb.action_base_lift[executed]
+            * tb.segment_sensitivity[seg]
+            * tb.segment_affinity[seg, ch_safe]
+            * np.exp(-tb.channel_fatigue_sens[ch_safe] * fat_before)
+        )
+        lift[~contacted] = 0.0
+        opted_out = np.zeros(n, dtype=bool)
+        dropped_out = np.zeros(n, dtype=bool)
+        cidx = np.flatnonzero(contacted)
+        if cidx.size:
+            c_ch = ch[cidx]
+            p_optout = tb.channel_optout_base[c_ch] * (
+                1.0 + tb.channel_optout_per_fatigue[c_ch] * fat_before[cidx]
+            )
+            out = rng.random(cidx.size) < np.minimum(p_optout, 1.0)
+            self.opt_in[cidx[out], c_ch[out]] = False
+            opted_out[cidx[out]] = True
+            dog = rng.random(cidx.size) < tb.segment_contact_churn[seg[cidx]]
+            dying = cidx[dog & self.alive[cidx]]
+            self.alive[dying] = False
+            dropped_out[dying] = True
+            ret_weeks = tb.action_retention_weeks[executed[cidx]]
+            gets = cidx[ret_weeks > 0]
+            self.retention_left[gets] = ret_weeks[ret_weeks > 0]
+            self.retention_mult[gets] = tb.action_retention_mult[executed[gets]]
+        self.fatigue *= tb.channel_decay
+        self.fatigue[cidx, ch[cidx]] += 1.0
+
+        # 3. arrivals this week, and dropped-out customers coming back
+        arriving = np.flatnonzero(~self.present & (self.arrival_week <= self.week))
+        if arriving.size:
+            self.present[arriving] = True
+            self.opt_in[arriving] = self.arrival_opt_in[arriving]
+        dead = np.flatnonzero(~self.alive & self.present)
+        if dead.size:
+            p_back = pm.reactivation_prob * (1.0 + pm.winback_response * lift[dead])
+            back = dead[rng.random(dead.size) < np.minimum(p_back, 1.0)]
+            self.alive[back] = True
+
+        # 4. purchases
+        season = tb.season[self.week_of_year]
+        base = self.lam * season
+        base = np.where(self.purchased_ever, base, base * sc.acquisition.prospect_conversion)
+        repay = self.pf_debt * pm.pull_forward_repay
+        rate = np.maximum(base * (1.0 + lift) - repay, 0.0)
+        self.pf_debt += tb.action_pull_forward[executed] * base * lift - repay
+        active = self.alive & self.present
+        rate[~active] = 0.0
+        purchases = rng.poisson(rate).astype(np.int32)
+        purchases[arriving] = np.maximum(purchases[arriving], 1)  # arrival = first purchase
+
+        buyers = np.flatnonzero(purchases)
+        revenue = np.zeros(n)
+        if buyers.size:
+            k = purchases[buyers]
+            first = (~self.purchased_ever[buyers]).astype(np.int32)
+            repeats = k - first
+            p_eff = self.p_drop[buyers] * np.where(
+                self.retention_left[buyers] > 0, self.retention_mult[buyers], 1.0
+            )
+            can_die = repeats > 0
+            lives = np.full(buyers.size, np.iinfo(np.int32).max, dtype=np.int64)
+            lives[can_die] = rng.geometric(np.clip(p_eff[can_die], 1e-12, 1.0))
+            dies = lives <= repeats
+            repeats = np.minimum(repeats, lives).astype(np.int32)
+            k = first + repeats
+            purchases[buyers] = k
+            self.alive[buyers[dies]] = False
+            dropped_out[buyers[dies]] = True
+            spend = rng.gamma(k * pm.spend_p, 1.0 / self.nu[buyers])
+            revenue[buyers] = spend
+            lapsed_before = self.purchased_ever[buyers] & (
+                self.recency[buyers] > sc.stages.lapsed_weeks
+            )
+            self.reactivated[buyers[lapsed_before]] = True
+            self.tenure[buyers[first == 1]] = 0
+            self.purchased_ever[buyers] = True
+            self.n_repeat[buyers] += repeats
+            self.n_purchases[buyers] += k
+            self.total_spend[buyers] += spend
+
+        # 5. money
+        margin = sc.margin_rate * revenue
+        discount_cost = tb.action_discount_rate[executed] * revenue
+        discount_cost += tb.action_cost_per_order[executed] * purchases
+        reward = margin - discount_cost - contact_cost
+
+        # 6. observable history moves on one week
+        bought = purchases > 0
+        self.recency = np.where(bought, 0, self.recency + self.present)
+        self.tenure += self.present
+        self.reactivated &= self.recency <= sc.stages.at_risk_weeks
+        self.retention_left = np.maximum(self.retention_left - 1, 0)
+        self.weeks_since_contact = np.minimum(self.weeks_since_contact + 1, CONTACT_RECENCY_CAP)
+        self.weeks_since_contact[cidx, ch[cidx]] = 0
+        leaving = self.contact_ring[:, self.ring_pos]
+        lidx = np.flatnonzero(leaving)
+        self.window_counts[lidx, leaving[lidx] - 1] -= 1
+        self.contact_ring[:, self.ring_pos] = ch + 1
+        self.window_counts[cidx, ch[cidx]] += 1
+        self.ring_pos = (self.ring_pos + 1) % self.contact_ring.shape[1]
+        self.week += 1
+        self._mask_cache = None
+
+        return StepResult(
+            reward=reward,
+            revenue=revenue,
+            margin=margin,
+            discount_cost=discount_cost,
+            contact_cost=contact_cost,
+            purchases=purchases,
+            executed_action=executed,
+            masked_action=masked,
+            budget_refused=budget_refused,
+            opted_out=opted_out,
+            dropped_out=dropped_out,
+            truncated=self.week >= sc.horizon_weeks,
+        )
