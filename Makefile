@@ -35,7 +35,7 @@ type: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python bench/simulator.py
+	$(BIN)/python -m bench.simulator
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

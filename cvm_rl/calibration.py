@@ -116,7 +116,8 @@ def _resolve_column(
 
 def _read_rows(path: Path, delimiter: str | None) -> list[tuple[int, list[str]]]:
     """(line number, fields) for every line of the file."""
-    with path.open(newline="", encoding="utf-8") as handle:
+    # utf-8-sig drops the byte-order mark that spreadsheet exports put before the header.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         if delimiter is None:
             return [(n, line.split()) for n, line in enumerate(handle, start=1)]
         reader = csv.reader(handle, delimiter=delimiter)
@@ -386,7 +387,9 @@ def _count_array(values: ArrayLike, name: str) -> NDArray[np.int64]:
     fractional = array != np.round(array)
     if np.any(fractional):
         i = int(np.argmax(fractional))
-        raise CalibrationError(f"{name}: expected whole counts, got {float(array[i])!r} at index {i}")
+        raise CalibrationError(
+            f"{name}: expected whole counts, got {float(array[i])!r} at index {i}"
+        )
     return array.astype(np.int64)
 
 
@@ -511,6 +514,9 @@ def fit_bgnbd(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BGNBDParams:
     """Maximum-likelihood BG/NBD fit on (x, t_x, T) per customer."""
     xs, tx, tt = _check_bgnbd_inputs(x, t_x, T)
     n = len(xs)
+    if not np.any(xs > 0):
+        # Then the likelihood does not depend on a and b and grows as r -> 0: no estimate.
+        raise CalibrationError("x: no repeat purchases (all x == 0); BG/NBD cannot be fitted")
 
     def objective(log_params: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
         ll, gradient = _bgnbd_terms(np.exp(log_params), xs, tx, tt)
@@ -624,20 +630,30 @@ class CalibrationResult:
     bgnbd: BGNBDParams
     gamma_gamma: GammaGammaParams
     source: str
+    n_zero_spend: int = 0
+    """Repeat buyers left out of the spend fit because their repeat purchases were worth 0."""
 
 
 def calibrate(
     transactions: Transactions, calibration_start: date | None, calibration_end: date
 ) -> CalibrationResult:
-    """Summarize the calibration period and fit BG/NBD and Gamma-Gamma on it."""
+    """Summarize the calibration period and fit BG/NBD and Gamma-Gamma on it.
+
+    Repeat buyers whose repeat purchases are all worth 0 are left out of the spend fit only
+    (counted in ``n_zero_spend``).
+    """
     summary = summarize(
         transactions, calibration_start=calibration_start, calibration_end=calibration_end
     )
+    # A zero mean spend has zero Gamma-Gamma density (free items, refunds netted out); those
+    # few customers still count for the purchase model but cannot inform the spend model.
+    zero_spend = (summary.x > 0) & (summary.m_x == 0)
     return CalibrationResult(
         summary=summary,
         bgnbd=fit_bgnbd(summary.x, summary.t_x, summary.T),
-        gamma_gamma=fit_gamma_gamma(summary.x, summary.m_x),
+        gamma_gamma=fit_gamma_gamma(np.where(zero_spend, 0, summary.x), summary.m_x),
         source=transactions.source,
+        n_zero_spend=int(np.count_nonzero(zero_spend)),
     )
 
 
@@ -671,13 +687,13 @@ def write_scenario_fragment(result: CalibrationResult, path: str | Path) -> None
             "the simulator's scenario files require spend_q > 1"
         )
     s = result.summary
-    start = s.calibration_start.isoformat() if s.calibration_start else "first purchase"
+    start = f"{s.calibration_start.isoformat()} to" if s.calibration_start else "up to"
     source = " ".join(result.source.splitlines())
     header = (
         f"# fitted by cvm calibrate on {source}\n"
-        f"# calibration period {start} to {s.calibration_end.isoformat()} (inclusive), "
+        f"# calibration period {start} {s.calibration_end.isoformat()} (inclusive), "
         f"time unit weeks\n"
-        f"# {len(s)} customers, {result.gamma_gamma.n_customers} repeat buyers; "
+        f"# {len(s)} customers, {result.gamma_gamma.n_customers} repeat buyers in the spend fit; "
         f"log-likelihood BG/NBD {result.bgnbd.log_likelihood:.2f}, "
         f"Gamma-Gamma {result.gamma_gamma.log_likelihood:.2f}\n"
     )
@@ -768,13 +784,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     s, bg, gg = result.summary, result.bgnbd, result.gamma_gamma
     print(
         f"{len(s)} customers ({s.n_excluded_before_start} excluded as acquired before the "
-        f"period), {gg.n_customers} repeat buyers, calibration end {s.calibration_end}"
+        f"period), {gg.n_customers} repeat buyers in the spend fit "
+        f"({result.n_zero_spend} left out for zero spend), calibration end {s.calibration_end}"
     )
     print(f"{'parameter':<12} {'estimate':>10}")
     for key, value in scenario_values(result).items():
         print(f"{key:<12} {value:>10.4g}")
-    print(f"{'BG/NBD log-likelihood':<24} {bg.log_likelihood:.2f}")
-    print(f"{'Gamma-Gamma log-likelihood':<24} {gg.log_likelihood:.2f}")
+    print(f"log-likelihood: BG/NBD {bg.log_likelihood:.2f}, Gamma-Gamma {gg.log_likelihood:.2f}")
     if args.out is not None:
         print(f"wrote {args.out}")
     return 0

@@ -229,21 +229,32 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel], source: str) -> 
     loc = ".".join(str(part) for part in error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(model, error["loc"][:-1])
-        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        keys = _allowed_keys(model, error["loc"][:-1])
+        hint = f"; allowed keys: {', '.join(keys)}" if keys else ""
         return f"{source}: unknown key '{loc}'{hint}"
-    ctx = error.get("ctx") or {}
     if kind in {"greater_than_equal", "greater_than", "less_than_equal", "less_than"}:
         field = _field_info(model, error["loc"])
-        low = _bound(field, ("ge", "gt"))
-        high = _bound(field, ("le", "lt"))
-        allowed = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-        return f"{source}: key '{loc}' = {error.get('input')!r} is out of range; allowed {allowed}"
+        return (
+            f"{source}: key '{loc}' = {error.get('input')!r} is out of range; "
+            f"allowed {_interval(field)}"
+        )
     if kind == "missing":
         return f"{source}: missing required key '{loc}'"
-    detail = error["msg"] if not ctx else f"{error['msg']}"
     where = f"key '{loc}'" if loc else "scenario"
-    return f"{source}: {where}: {detail} (got {error.get('input')!r})"
+    return f"{source}: {where}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _interval(field: Any) -> str:
+    """A field's allowed range in interval notation, e.g. ``[0.0, 1.0]`` or ``(1.0, inf)``."""
+    bounds = {
+        name: float(value)
+        for meta in getattr(field, "metadata", ())
+        for name in ("ge", "gt", "le", "lt")
+        if (value := getattr(meta, name, None)) is not None
+    }
+    left = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds.get('gt', '-inf')}"
+    right = f"{bounds['le']}]" if "le" in bounds else f"{bounds.get('lt', 'inf')})"
+    return f"{left}, {right}"
 
 
 def _field_info(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
@@ -272,15 +283,6 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _bound(field: Any, names: tuple[str, ...]) -> float | None:
-    for meta in getattr(field, "metadata", ()):
-        for name in names:
-            value = getattr(meta, name, None)
-            if value is not None:
-                return float(value)
-    return None
-
-
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     current: type[BaseModel] | None = model
     for part in loc:
@@ -305,7 +307,9 @@ def scenario_from_mapping(data: Mapping[str, Any], *, source: str = "<mapping>")
 def builtin_scenarios() -> list[str]:
     """Names of the scenarios shipped with the package."""
     folder = resources.files("simulator") / "scenarios"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
 
 
 def load_scenario(name_or_path: str | Path | Scenario = "default") -> Scenario:

@@ -183,7 +183,7 @@ class Population:
     pf_debt: np.ndarray
     retention_mult: np.ndarray
     retention_left: np.ndarray
-    arrival_week: np.ndarray  # episode week in which the customer joins (<= 0: present)
+    arrival_week: np.ndarray  # episode week in which an arriving customer joins
     arrival_opt_in: np.ndarray  # (N, C) opt-ins granted on arrival
     # observable history
     present: np.ndarray
@@ -223,7 +223,7 @@ class Population:
         """Draw N customers with latent traits and a no-contact purchase history.
 
         ``arrival_week`` (optional, length N) overrides the population mix: every customer then
-        joins, with a first purchase, in the given episode week.
+        joins, with a first purchase, in the given episode week (0 = the first step).
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -283,7 +283,7 @@ class Population:
         if idx.size:
             total_spend[idx] = rng.gamma(n_purchases[idx] * pm.spend_p, 1.0 / nu[idx])
 
-        present = ~is_arrival | (arrivals <= 0)
+        present = ~is_arrival  # arrivals join (with a first purchase) in their step
         opt_in = opt_in_draw & present[:, None]
         c, w = tb.n_channels, sc.constraints.cap_window_weeks
         return cls(

@@ -57,7 +57,7 @@ class CustomerLifecycleEnv(gym.Env[np.ndarray, np.int64]):
     * ``oracle_info``: add the latent state under ``info["oracle"]`` (evaluation only).
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium API)
 
     def __init__(
         self,
@@ -93,7 +93,9 @@ class CustomerLifecycleEnv(gym.Env[np.ndarray, np.int64]):
         if pop.week >= self.scenario.horizon_weeks:
             raise gym.error.ResetNeeded("the episode is over (truncated); call reset()")
         if not self.action_space.contains(action):
-            raise ValueError(f"action must be an int in [0, {self.action_space.n}), got {action!r}")
+            raise ValueError(
+                f"action must be an int in [0, {self.scenario.n_actions}), got {action!r}"
+            )
         result = pop.step(np.array([int(action)]), self.np_random)
         obs = pop.observe()[0]
         return obs, float(result.reward[0]), False, result.truncated, self._info(result)

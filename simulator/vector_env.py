@@ -29,7 +29,10 @@ class CustomerLifecycleVectorEnv(VectorEnv):
     latent state when ``oracle_info=True``).
     """
 
-    metadata: dict[str, Any] = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata: dict[str, Any] = {  # noqa: RUF012 (gymnasium API)
+        "render_modes": [],
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
 
     def __init__(
         self,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import math
 import re
 import tomllib
@@ -31,6 +30,7 @@ from cvm_rl.calibration import (
     summarize,
     write_scenario_fragment,
 )
+from cvm_rl.datasets import lifetimes_dataset
 
 CALIBRATION_START = date(1997, 1, 1)
 CALIBRATION_END = date(1997, 9, 30)  # 39 weeks after 1997-01-01
@@ -41,17 +41,9 @@ PUBLISHED_GAMMA_GAMMA = {"p": 6.25, "q": 3.74, "gamma": 15.44}
 PUBLISHED_BGNBD_LL = -9582.4
 
 
-def _lifetimes_datasets() -> Path:
-    # Only the data files are used: importing lifetimes itself needs pkg_resources.
-    spec = importlib.util.find_spec("lifetimes")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the lifetimes wheel (source of the CDNOW sample) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "datasets"
-
-
 @pytest.fixture(scope="module")
 def cdnow_path() -> Path:
-    return _lifetimes_datasets() / "CDNOW_sample.txt"
+    return lifetimes_dataset("CDNOW_sample.txt")
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +147,27 @@ def test_cdnow_histogram_and_holdout(cdnow_path: Path, cdnow_result: Calibration
     assert int(holdout.sum()) == 1882  # purchase days in weeks 40-78
 
 
+def test_calibrate_leaves_zero_spend_out_of_the_spend_fit(
+    cdnow_path: Path, cdnow_result: CalibrationResult
+) -> None:
+    transactions = load_transactions(cdnow_path)
+    summary = cdnow_result.summary
+    i = int(np.flatnonzero(summary.x == 1)[0])
+    free = (transactions.customer_ids == summary.customer_ids[i]) & (
+        transactions.dates > summary.first_purchase[i]
+    )
+    amounts = transactions.amounts.copy()
+    amounts[free] = 0.0
+    result = calibrate(
+        Transactions(transactions.customer_ids, transactions.dates, amounts),
+        CALIBRATION_START,
+        CALIBRATION_END,
+    )
+    assert result.n_zero_spend == 1
+    assert result.gamma_gamma.n_customers == 945
+    assert result.bgnbd == cdnow_result.bgnbd  # the purchase model still counts the customer
+
+
 # ---------------------------------------------------------------------------------------------
 # Recovery of known parameters from simulated customers
 
@@ -198,9 +211,7 @@ def test_bgnbd_recovers_simulated_parameters() -> None:
     x, t_x, T = _simulate_bgnbd(np.random.default_rng(20240501), 20_000, **truth)
     fitted = fit_bgnbd(x, t_x, T)
     estimate = np.log([fitted.r, fitted.alpha, fitted.a, fitted.b])
-    se = _standard_errors(
-        lambda lp: bgnbd_log_likelihood(x, t_x, T, *np.exp(lp)), estimate.copy()
-    )
+    se = _standard_errors(lambda lp: bgnbd_log_likelihood(x, t_x, T, *np.exp(lp)), estimate.copy())
     error = estimate - np.log(list(truth.values()))
     # An MLE is off by about one standard error; 4 of them would be a 1-in-15000 fluke.
     assert np.all(np.abs(error) < 4 * se), (error, se)
@@ -423,8 +434,8 @@ def test_fit_gamma_gamma_rejects_bad_input(x: list, m_x: list, message: str) -> 
 
 
 def test_fit_rejects_unidentified_data() -> None:
-    # Nobody ever buys again: the purchase rate runs off to zero.
-    with pytest.raises(CalibrationError, match="BG/NBD fit"):
+    # Nobody ever buys again: the purchase rate runs off to zero and a, b are free.
+    with pytest.raises(CalibrationError, match=r"x: no repeat purchases \(all x == 0\)"):
         fit_bgnbd(np.zeros(50), np.zeros(50), np.full(50, 10.0))
 
 
@@ -467,11 +478,11 @@ def test_write_scenario_fragment(tmp_path: Path, cdnow_result: CalibrationResult
     assert purchase["r"] == pytest.approx(cdnow_result.bgnbd.r, rel=1e-3)
     assert purchase["spend_gamma"] == pytest.approx(cdnow_result.gamma_gamma.gamma, rel=1e-3)
 
-    # The fragment is a complete scenario file for the simulator.
+    # The simulator's scenario schema accepts the table as it is.
     config = pytest.importorskip("simulator.config")
-    scenario = config.load_scenario(path)
-    assert scenario.purchase.alpha == purchase["alpha"]
-    assert scenario.purchase.spend_q == purchase["spend_q"]
+    model = config.PurchaseModel.model_validate(purchase)
+    assert model.alpha == purchase["alpha"]
+    assert model.spend_q == purchase["spend_q"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -485,8 +496,11 @@ def test_run_calibrate_on_cdnow(
 ) -> None:
     out = tmp_path / "cdnow.toml"
     args = _parser().parse_args(
-        [str(cdnow_path), "--calibration-start", "1997-01-01", "--calibration-end", "1997-09-30"]
-        + ["--out", str(out)]
+        [
+            str(cdnow_path),
+            *("--calibration-start", "1997-01-01", "--calibration-end", "1997-09-30"),
+            *("--out", str(out)),
+        ]
     )
     assert run_calibrate(args) == 0
     printed = capsys.readouterr().out
@@ -514,8 +528,11 @@ def test_run_calibrate_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_calibrate_arguments() -> None:
     args = _parser().parse_args(
-        ["tx.csv", "--customer-column", "cust", "--date-column", "3", "--delimiter", "\\t"]
-        + ["--no-header", "--calibration-end", "2020-12-31"]
+        [
+            "tx.csv",
+            *("--customer-column", "cust", "--date-column", "3", "--delimiter", "\\t"),
+            *("--no-header", "--calibration-end", "2020-12-31"),
+        ]
     )
     assert args.customer_column == "cust"
     assert args.date_column == 3

@@ -1,0 +1,20 @@
+"""Offer and channel policies behind one protocol (:class:`Policy`)."""
+
+from cvm_rl.policies.base import Policy, sample_actions
+from cvm_rl.policies.baselines import (
+    DEFAULT_RULES,
+    NoContactPolicy,
+    RandomPolicy,
+    Rule,
+    RuleBasedPolicy,
+)
+
+__all__ = [
+    "DEFAULT_RULES",
+    "NoContactPolicy",
+    "Policy",
+    "RandomPolicy",
+    "Rule",
+    "RuleBasedPolicy",
+    "sample_actions",
+]

@@ -1,0 +1,80 @@
+"""The one protocol every policy follows: probabilities over eligible actions, then sampling."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from simulator.config import Scenario
+from simulator.core import observation_feature_names
+
+
+class Policy(ABC):
+    """Maps a batch of observations and action masks to action probabilities.
+
+    ``action_probabilities(obs, mask)`` returns an (N, A) array whose rows sum to one and are
+    zero wherever ``mask`` is False; ``act`` samples from it with the policy's seeded generator
+    and returns the actions with their propensities (the probability of the sampled action).
+    """
+
+    name: str = "policy"
+
+    def __init__(self, scenario: Scenario, *, seed: int | None = None) -> None:
+        self.scenario = scenario
+        self.feature_names = observation_feature_names(scenario)
+        self.feature_index = {name: i for i, name in enumerate(self.feature_names)}
+        self.n_actions = scenario.n_actions
+        self.rng = np.random.default_rng(seed)
+
+    def seed(self, seed: int | None) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    @abstractmethod
+    def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(N, A) probabilities for validated inputs; must respect ``mask``."""
+
+    def action_probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        obs, mask = self.check_batch(obs, mask)
+        return self._probabilities(obs, mask)
+
+    def act(self, obs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sampled actions (N,) and their propensities (N,)."""
+        probs = self.action_probabilities(obs, mask)
+        actions = sample_actions(probs, self.rng)
+        return actions, probs[np.arange(len(actions)), actions]
+
+    def check_batch(self, obs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        obs = np.asarray(obs, dtype=np.float32)
+        mask = np.asarray(mask)
+        if obs.ndim != 2 or obs.shape[1] != len(self.feature_names):
+            raise ValueError(f"obs must have shape (N, {len(self.feature_names)}), got {obs.shape}")
+        if mask.shape != (obs.shape[0], self.n_actions):
+            raise ValueError(
+                f"mask must have shape ({obs.shape[0]}, {self.n_actions}), got {mask.shape}"
+            )
+        if mask.dtype != bool:
+            raise ValueError(f"mask must be boolean, got dtype {mask.dtype}")
+        if not mask.any(axis=1).all():
+            raise ValueError("mask: every row needs at least one eligible action")
+        if not np.isfinite(obs).all():
+            raise ValueError("obs must be finite (found NaN or inf)")
+        return obs, mask
+
+    def feature(self, obs: np.ndarray, name: str) -> np.ndarray:
+        return obs[:, self.feature_index[name]]
+
+
+def sample_actions(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One action per row of ``probs`` by inverse CDF (vectorized)."""
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random(probs.shape[0]) * cdf[:, -1]
+    actions = (cdf <= u[:, None]).sum(axis=1)
+    # Guard against rounding at the top of the CDF landing on a zero-probability action.
+    return np.minimum(actions, probs.shape[1] - 1)
+
+
+def one_hot(actions: np.ndarray, n_actions: int) -> np.ndarray:
+    probs = np.zeros((len(actions), n_actions))
+    probs[np.arange(len(actions)), actions] = 1.0
+    return probs

@@ -1,0 +1,116 @@
+"""Baselines: no contact, uniform random, and the rule-based campaign marketers write today."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cvm_rl.policies.base import Policy, one_hot
+from simulator.config import STAGES, Scenario
+
+
+class NoContactPolicy(Policy):
+    name = "no_contact"
+
+    def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return one_hot(np.zeros(len(obs), dtype=np.int64), self.n_actions)
+
+
+class RandomPolicy(Policy):
+    """Uniform over the eligible actions (no contact included)."""
+
+    name = "random"
+
+    def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return mask / mask.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Send ``offer`` to customers in ``stage`` (optionally one segment, a minimum number of
+    repeat purchases) through the first eligible channel of ``channels``."""
+
+    stage: str
+    offer: str
+    channels: tuple[str, ...]
+    segment: str | None = None
+    min_frequency: int = 0
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule("new", "none", ("email", "push")),  # welcome series
+    Rule("active", "loyalty_bonus", ("push", "email"), min_frequency=3),  # best customers
+    Rule("at_risk", "discount_10", ("email", "sms")),  # win-back before they lapse
+    Rule("lapsed", "discount_20", ("email", "sms")),
+    Rule("reactivated", "none", ("email",)),
+    Rule("prospect", "discount_10", ("email",)),  # first-purchase incentive
+)
+
+
+class RuleBasedPolicy(Policy):
+    """An RFM-style campaign calendar: the first matching rule fires, at most once every
+    ``min_weeks_between_contacts`` weeks per customer; everyone else gets no contact."""
+
+    name = "rules"
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        rules: Sequence[Rule] = DEFAULT_RULES,
+        min_weeks_between_contacts: int = 4,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(scenario, seed=seed)
+        if min_weeks_between_contacts < 0:
+            raise ValueError(
+                f"min_weeks_between_contacts must be >= 0, got {min_weeks_between_contacts}"
+            )
+        for i, rule in enumerate(rules):
+            where = f"rules[{i}]"
+            if rule.stage not in STAGES:
+                raise ValueError(f"{where}.stage: unknown stage {rule.stage!r}; allowed {STAGES}")
+            if rule.offer not in scenario.offers:
+                raise ValueError(
+                    f"{where}.offer: unknown offer {rule.offer!r}; allowed {scenario.offer_names}"
+                )
+            bad = [c for c in rule.channels if c not in scenario.channels]
+            if bad or not rule.channels:
+                raise ValueError(
+                    f"{where}.channels: unknown or empty {list(rule.channels)}; "
+                    f"allowed {scenario.channel_names}"
+                )
+            if rule.segment is not None and rule.segment not in scenario.segments:
+                raise ValueError(
+                    f"{where}.segment: unknown segment {rule.segment!r}; "
+                    f"allowed {scenario.segment_names}"
+                )
+        self.rules = tuple(rules)
+        self.min_weeks_between_contacts = min_weeks_between_contacts
+        names = scenario.action_names()
+        self._rule_actions = [
+            [names.index(f"{rule.offer}@{ch}") for ch in rule.channels] for rule in self.rules
+        ]
+
+    def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        n = len(obs)
+        actions = np.zeros(n, dtype=np.int64)
+        decided = np.zeros(n, dtype=bool)
+        since = np.min(
+            [self.feature(obs, f"weeks_since_contact_{c}") for c in self.scenario.channels], axis=0
+        )
+        decided |= since < self.min_weeks_between_contacts
+        for rule, candidates in zip(self.rules, self._rule_actions, strict=True):
+            match = ~decided & (self.feature(obs, f"stage_{rule.stage}") > 0.5)
+            if rule.segment is not None:
+                match &= self.feature(obs, f"segment_{rule.segment}") > 0.5
+            if rule.min_frequency:
+                match &= self.feature(obs, "frequency") >= rule.min_frequency
+            for action in candidates:
+                take = match & mask[:, action]
+                actions[take] = action
+                match &= ~take
+                decided |= take
+        return one_hot(actions, self.n_actions)
