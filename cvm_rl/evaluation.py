@@ -37,12 +37,25 @@ class PolicyResult:
 
     def interval(self, metric: str, confidence: float = 0.95) -> tuple[float, float]:
         """Student-t interval of the mean over seeds (a point when only one seed ran)."""
-        values = self.per_seed[metric]
-        mean = float(np.mean(values))
-        if len(values) < 2:
-            return mean, mean
-        half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values)
-        return mean - float(half), mean + float(half)
+        return t_interval(self.per_seed[metric], confidence)
+
+    def lift_interval(
+        self, baseline: PolicyResult, metric: str = "value", confidence: float = 0.95
+    ) -> tuple[float, float, float]:
+        """Mean and paired interval of the difference to ``baseline`` over the same seeds."""
+        if self.seeds != baseline.seeds:
+            raise ValueError("baseline: a paired lift needs results on the same seeds")
+        diff = self.per_seed[metric] - baseline.per_seed[metric]
+        return (float(np.mean(diff)), *t_interval(diff, confidence))
+
+
+def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (a point for a single value)."""
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, mean
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values))
+    return mean - half, mean + half
 
 
 def run_episode(
@@ -99,16 +112,21 @@ def evaluate_policies(
 
 
 def format_table(results: Sequence[PolicyResult], baseline: str | None = "no_contact") -> str:
-    """Markdown table: value with 95 % CI over seeds, lift over ``baseline``, other metrics."""
+    """Markdown table: value with 95 % CI over seeds, lift over ``baseline`` with a paired
+    95 % CI (every policy ran on the same seeded populations), and the other metrics."""
     base = next((r for r in results if r.policy == baseline), None)
     head = (
-        "| policy | value/customer | 95% CI | lift vs no-contact | revenue | discount | contact "
+        "| policy | value/customer | 95% CI | lift vs no-contact [paired 95% CI] | revenue "
+        "| discount | contact "
         "| contacts | opt-out | churn |"
     )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         low, high = r.interval("value")
-        lift = f"{r.mean('value') - base.mean('value'):+.3f}" if base is not None else "n/a"
+        lift = "n/a"
+        if base is not None:
+            mean, lift_low, lift_high = r.lift_interval(base)
+            lift = f"{mean:+.3f} [{lift_low:+.3f}, {lift_high:+.3f}]"
         lines.append(
             f"| {r.policy} | {r.mean('value'):.3f} | [{low:.3f}, {high:.3f}] | {lift} "
             f"| {r.mean('revenue'):.2f} | {r.mean('discount_cost'):.3f} "

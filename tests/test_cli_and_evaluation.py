@@ -85,3 +85,23 @@ def test_scenario_check_reports_file_key_and_range(tmp_path: Path, capsys) -> No
     err = capsys.readouterr().err
     assert str(bad) in err and "channels.sms.cost" in err and "[0.0, inf)" in err
     assert main(["scenario", "check", "default"]) == 0
+
+
+def test_paired_lift_interval_is_the_t_interval_of_differences() -> None:
+    results = evaluate_policies(
+        [NoContactPolicy(SCENARIO), RandomPolicy(SCENARIO)],
+        SCENARIO,
+        n_customers=300,
+        seeds=[1, 2, 3],
+    )
+    base, rand = results
+    diff = rand.per_seed["value"] - base.per_seed["value"]
+    mean, low, high = rand.lift_interval(base)
+    assert mean == pytest.approx(diff.mean())
+    half = 4.302652729911275 * diff.std(ddof=1) / np.sqrt(3)  # t(0.975, df=2)
+    assert (low, high) == pytest.approx((diff.mean() - half, diff.mean() + half))
+    other = evaluate_policies(
+        [NoContactPolicy(SCENARIO)], SCENARIO, n_customers=300, seeds=[4, 5, 6]
+    )
+    with pytest.raises(ValueError, match="baseline: a paired lift needs results on the same seeds"):
+        rand.lift_interval(other[0])
