@@ -241,14 +241,18 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel], source: str) -> 
     if kind == "missing":
         return f"{source}: missing required key '{loc}'"
     where = f"key '{loc}'" if loc else "scenario"
-    return f"{source}: {where}: {error['msg']} (got {error.get('input')!r})"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    if isinstance(value, Mapping):  # a whole table failed a cross-field check
+        return f"{source}: {where}: {message}"
+    return f"{source}: {where}: {message} (got {value!r})"
 
 
 def _interval(field: Any) -> str:
     """A field's allowed range in interval notation, e.g. ``[0.0, 1.0]`` or ``(1.0, inf)``."""
     bounds = {
         name: float(value)
-        for meta in getattr(field, "metadata", ())
+        for meta in _constraints(field)
         for name in ("ge", "gt", "le", "lt")
         if (value := getattr(meta, name, None)) is not None
     }
@@ -271,6 +275,18 @@ def _field_info(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
         field = fields[part]
         current = _inner_model(field.annotation)
     return field
+
+
+def _constraints(field: Any) -> list[Any]:
+    """Constraint metadata of a field, also where it sits inside ``X | None`` or ``dict[k, X]``."""
+    found = list(getattr(field, "metadata", ()))
+    stack = [getattr(field, "annotation", None)]
+    while stack and not found:
+        annotation = stack.pop()
+        for meta in getattr(annotation, "__metadata__", ()):
+            found.extend(getattr(meta, "metadata", [meta]))
+        stack.extend(getattr(annotation, "__args__", ()))
+    return found
 
 
 def _inner_model(annotation: Any) -> type[BaseModel] | None:

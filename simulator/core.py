@@ -366,10 +366,16 @@ class Population:
         if self._mask_cache is not None:
             return self._mask_cache
         tb, cons = self.tables, self.scenario.constraints
+        # This week's contact shares the cap window with the last W-1 weeks only: the oldest
+        # week of ``window_counts`` leaves the window when this step is taken.
+        counts = self.window_counts.copy()
+        leaving = self.contact_ring[:, self.ring_pos]
+        lidx = np.flatnonzero(leaving)
+        counts[lidx, leaving[lidx] - 1] -= 1
         channel_ok = (
             self.opt_in
-            & (self.window_counts < tb.channel_cap)
-            & (self.window_counts.sum(axis=1) < cons.max_contacts_per_window)[:, None]
+            & (counts < tb.channel_cap)
+            & (counts.sum(axis=1) < cons.max_contacts_per_window)[:, None]
         )
         if cons.budget_per_customer_week is not None:
             channel_ok &= (tb.action_contact_cost[1 : 1 + tb.n_channels] <= self._budget())[None]

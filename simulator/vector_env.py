@@ -79,7 +79,10 @@ class CustomerLifecycleVectorEnv(VectorEnv):
             obs, info = self.reset()
             zeros = np.zeros(n, dtype=bool)
             return obs, np.zeros(n), zeros, zeros.copy(), info
-        result = self.population.step(np.asarray(actions).reshape(n), self.np_random)
+        actions = np.asarray(actions)
+        if actions.shape != (n,):
+            raise ValueError(f"actions must have shape ({n},), got {actions.shape}")
+        result = self.population.step(actions, self.np_random)
         self._autoreset = result.truncated
         return (
             self.population.observe(),
@@ -98,7 +101,7 @@ class CustomerLifecycleVectorEnv(VectorEnv):
 
     def _info(self, result: StepResult | None) -> dict[str, Any]:
         pop = self.population
-        info: dict[str, Any] = {"action_mask": pop.action_mask(), "stage": pop.stage()}
+        info: dict[str, Any] = {"action_mask": pop.action_mask().copy(), "stage": pop.stage()}
         if result is not None:
             info.update(
                 executed_action=result.executed_action,
