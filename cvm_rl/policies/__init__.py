@@ -1,5 +1,12 @@
 """Offer and channel policies behind one protocol (:class:`Policy`)."""
 
+from cvm_rl.policies.bandits import (
+    EpsilonGreedyPolicy,
+    LinearBandit,
+    LinTSPolicy,
+    LinUCBPolicy,
+    train_bandit,
+)
 from cvm_rl.policies.base import Policy, sample_actions
 from cvm_rl.policies.baselines import (
     DEFAULT_RULES,
@@ -11,10 +18,15 @@ from cvm_rl.policies.baselines import (
 
 __all__ = [
     "DEFAULT_RULES",
+    "EpsilonGreedyPolicy",
+    "LinTSPolicy",
+    "LinUCBPolicy",
+    "LinearBandit",
     "NoContactPolicy",
     "Policy",
     "RandomPolicy",
     "Rule",
     "RuleBasedPolicy",
     "sample_actions",
+    "train_bandit",
 ]

@@ -1,0 +1,460 @@
+"""Contextual bandits on immediate reward: LinUCB, linear Thompson sampling, epsilon-greedy.
+
+The myopic family: each action ``a`` has its own ridge regression of the week's reward on
+transformed features ``x`` (``A_a = ridge*I + sum x x^T``, ``b_a = sum r x``,
+``theta_a = A_a^-1 b_a``), updated with whole batches at once (one matrix product per action,
+no loop over rows). The three policies differ only in how they turn the per-action estimates
+into action probabilities:
+
+* :class:`LinUCBPolicy`: argmax of ``theta_a^T x + alpha * sqrt(x^T A_a^-1 x)``;
+* :class:`LinTSPolicy`: argmax of a posterior draw ``theta_a ~ N(theta_a, v^2 A_a^-1)``;
+* :class:`EpsilonGreedyPolicy`: argmax of ``theta_a^T x`` with probability ``1 - epsilon``,
+  uniform over eligible actions otherwise.
+
+Features (:class:`FeatureTransform`): a **fixed** scaling derived from the scenario's
+observation space, not fitted statistics, so the regression's sufficient statistics stay
+valid as data arrives and a saved model needs nothing but its arrays. Each observation is
+clipped to the space's bounds; the heavy-tailed counts (recency, frequency, monetary value,
+tenure, weeks since contact) are ``log1p``-transformed; every column is then divided by its
+largest possible magnitude, so all features lie in [-1, 1]; a constant 1 (bias) comes first.
+
+A bandit can also run on raw feature vectors without a scenario
+(``LinUCBPolicy(None, n_features=5, n_actions=5)``: identity features plus bias), which is
+how the synthetic tests exercise the learning rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cvm_rl.policies.base import Policy
+from simulator.config import Scenario
+from simulator.core import observation_feature_names
+from simulator.spaces import observation_space
+from simulator.vector_env import CustomerLifecycleVectorEnv
+
+HEAVY_TAILED: tuple[str, ...] = ("recency_weeks", "frequency", "monetary_avg", "tenure_weeks")
+"""Observation features that get ``log1p`` (besides every ``weeks_since_contact_*``)."""
+
+_CHUNK_ROWS = 2048  # rows per block in the (rows x actions x dim) computations (bounds memory)
+_TIE_RTOL = 1e-9  # scores this close (relative) to the best count as tied
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureTransform:
+    """``obs -> [1, clip(obs, low, high) (log1p where log) / scale]`` as float64."""
+
+    low: np.ndarray
+    high: np.ndarray
+    log: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def from_scenario(cls, scenario: Scenario) -> FeatureTransform:
+        space = observation_space(scenario)
+        names = observation_feature_names(scenario)
+        low = space.low.astype(np.float64)
+        high = space.high.astype(np.float64)
+        log = np.array(
+            [n in HEAVY_TAILED or n.startswith("weeks_since_contact_") for n in names], dtype=bool
+        )
+        if np.any(low[log] < 0):  # log1p needs x > -1; the space guarantees x >= 0 here
+            raise ValueError("log-transformed features must have a lower bound >= 0")
+        top = np.where(log, np.log1p(high), np.maximum(np.abs(low), np.abs(high)))
+        return cls(low, high, log, np.where(top > 0, top, 1.0))
+
+    @classmethod
+    def identity(cls, n_features: int) -> FeatureTransform:
+        """Raw features plus the bias column."""
+        return cls(
+            np.full(n_features, -np.inf),
+            np.full(n_features, np.inf),
+            np.zeros(n_features, dtype=bool),
+            np.ones(n_features),
+        )
+
+    @property
+    def dim(self) -> int:
+        """Output width, bias included."""
+        return len(self.scale) + 1
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        x = np.clip(np.asarray(obs, dtype=np.float64), self.low, self.high)
+        if self.log.any():
+            x[:, self.log] = np.log1p(x[:, self.log])
+        x /= self.scale
+        return np.hstack([np.ones((len(x), 1)), x])
+
+
+def _check_number(
+    name: str, value: float, *, low: float, strict: bool, high: float = np.inf
+) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    too_low = out <= low if strict else out < low
+    if not np.isfinite(out) or too_low or out > high:
+        bound = f"> {low}" if strict else f">= {low}"
+        allowed = f"in [{low}, {high}]" if np.isfinite(high) else f"finite and {bound}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return out
+
+
+def _argmax_probabilities(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """One-hot on the best eligible score, split evenly among (near-)exact ties."""
+    masked = np.where(mask, scores, -np.inf)
+    best = masked.max(axis=1, keepdims=True)
+    ties = mask & (masked >= best - _TIE_RTOL * np.maximum(1.0, np.abs(best)))
+    return ties / ties.sum(axis=1, keepdims=True)
+
+
+def _chunks(n: int) -> Iterator[slice]:
+    for start in range(0, n, _CHUNK_ROWS):
+        yield slice(start, min(start + _CHUNK_ROWS, n))
+
+
+class LinearBandit(Policy):
+    """Shared machinery: features, per-action ridge statistics, batch updates, state.
+
+    Arrays (float64): ``A`` (K, d, d), ``b`` (K, d), their derived ``A_inv`` and ``theta``
+    (recomputed for the touched actions after every :meth:`update`), and ``counts`` (K,)
+    observations per action. Subclasses implement ``_probabilities`` on top of
+    :meth:`predict_mean` and :meth:`predict_width`.
+    """
+
+    name = "linear_bandit"
+    _registry: ClassVar[dict[str, type[LinearBandit]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        LinearBandit._registry[cls.name] = cls
+
+    def __init__(
+        self,
+        scenario: Scenario | None,
+        *,
+        ridge: float = 1.0,
+        seed: int | None = None,
+        n_features: int | None = None,
+        n_actions: int | None = None,
+    ) -> None:
+        if scenario is not None:
+            if n_features is not None or n_actions is not None:
+                raise ValueError("n_features/n_actions: pass them only when scenario is None")
+            super().__init__(scenario, seed=seed)
+            self.transform = FeatureTransform.from_scenario(scenario)
+        else:
+            # Raw-feature mode (synthetic problems): no scenario, identity features.
+            for arg, val in (("n_features", n_features), ("n_actions", n_actions)):
+                if not isinstance(val, int | np.integer) or val < 1:
+                    raise ValueError(
+                        f"{arg} must be an int >= 1 when scenario is None, got {val!r}"
+                    )
+            assert n_features is not None and n_actions is not None
+            self.scenario = None  # type: ignore[assignment]
+            self.feature_names = [f"x{i}" for i in range(n_features)]
+            self.feature_index = {name: i for i, name in enumerate(self.feature_names)}
+            self.n_actions = int(n_actions)
+            self.rng = np.random.default_rng(seed)
+            self.transform = FeatureTransform.identity(int(n_features))
+        self.ridge = _check_number("ridge", ridge, low=0.0, strict=True)
+        k, d = self.n_actions, self.transform.dim
+        self.A = np.broadcast_to(self.ridge * np.eye(d), (k, d, d)).copy()
+        self.b = np.zeros((k, d))
+        self.counts = np.zeros(k, dtype=np.int64)
+        self.A_inv = np.empty_like(self.A)
+        self.theta = np.empty_like(self.b)
+        self._refresh(np.arange(k))
+
+    # ----------------------------------------------------------------- model
+    def hyperparameters(self) -> dict[str, float | int]:
+        return {"ridge": self.ridge}
+
+    def _refresh(self, arms: np.ndarray) -> None:
+        A = self.A[arms]
+        inv = np.linalg.inv(A)
+        self.A_inv[arms] = 0.5 * (inv + np.swapaxes(inv, 1, 2))
+        self.theta[arms] = np.linalg.solve(A, self.b[arms][..., None])[..., 0]
+
+    def features(self, obs: np.ndarray) -> np.ndarray:
+        """Validated (N, d) design matrix for ``obs``."""
+        obs = np.asarray(obs, dtype=np.float64)
+        n_feat = len(self.feature_names)
+        if obs.ndim != 2 or obs.shape[1] != n_feat:
+            raise ValueError(f"obs must have shape (N, {n_feat}), got {obs.shape}")
+        if not np.isfinite(obs).all():
+            raise ValueError("obs must be finite (found NaN or inf)")
+        return self.transform(obs)
+
+    def predict_mean(self, X: np.ndarray) -> np.ndarray:
+        """(N, K) ridge estimates ``theta_a^T x`` for a design matrix ``X``."""
+        return X @ self.theta.T
+
+    def predict_width(self, X: np.ndarray) -> np.ndarray:
+        """(N, K) ``sqrt(x^T A_a^-1 x)``: one matrix product per block of rows."""
+        k, d = self.n_actions, self.transform.dim
+        stacked = np.swapaxes(self.A_inv, 0, 1).reshape(d, k * d)  # [e, (a, f)]
+        out = np.empty((len(X), k))
+        for rows in _chunks(len(X)):
+            Y = (X[rows] @ stacked).reshape(-1, k, d)
+            out[rows] = np.einsum("nkf,nf->nk", Y, X[rows])
+        return np.sqrt(np.maximum(out, 0.0))
+
+    def update(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray) -> None:
+        """Add a batch of (observation, action taken, immediate reward) to the estimates."""
+        X = self.features(obs)
+        n = len(X)
+        actions = np.asarray(actions)
+        rewards = np.asarray(rewards)
+        if actions.shape != (n,):
+            raise ValueError(f"actions must have shape ({n},) to match obs, got {actions.shape}")
+        if not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
+        if n and (actions.min() < 0 or actions.max() >= self.n_actions):
+            raise ValueError(
+                f"actions must be in [0, {self.n_actions}), got {actions.min()}..{actions.max()}"
+            )
+        if rewards.shape != (n,):
+            raise ValueError(f"rewards must have shape ({n},) to match obs, got {rewards.shape}")
+        if not np.issubdtype(rewards.dtype, np.number) or not np.isfinite(rewards).all():
+            raise ValueError("rewards must be finite numbers (found NaN, inf or non-numeric)")
+        rewards = rewards.astype(np.float64)
+        counts = np.bincount(actions, minlength=self.n_actions)
+        touched = np.flatnonzero(counts)
+        for a in touched:
+            rows = actions == a
+            Xa = X[rows]
+            self.A[a] += Xa.T @ Xa
+            self.b[a] += Xa.T @ rewards[rows]
+        self.counts += counts
+        if len(touched):
+            self._refresh(touched)
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Plain arrays and hyperparameters; :meth:`from_state_dict` rebuilds the model.
+
+        The random generator's state is not included (reseed with :meth:`seed`)."""
+        return {
+            "policy": self.name,
+            "hyperparameters": self.hyperparameters(),
+            "features": "scenario" if self.scenario is not None else "identity",
+            "feature_names": list(self.feature_names),
+            "n_actions": self.n_actions,
+            "A": self.A.copy(),
+            "b": self.b.copy(),
+            "counts": self.counts.copy(),
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, Any], scenario: Scenario | None = None, *, seed: int | None = None
+    ) -> LinearBandit:
+        """Rebuild from :meth:`state_dict` (``LinearBandit.from_state_dict`` dispatches on the
+        stored policy name). Scenario-feature models need the same ``scenario`` back."""
+        kind = state.get("policy")
+        target = LinearBandit._registry.get(str(kind)) if cls is LinearBandit else cls
+        if target is None or target.name != kind:
+            raise ValueError(f"state: policy {kind!r} cannot be loaded by {cls.__name__}")
+        names = list(state["feature_names"])
+        n_actions = int(state["n_actions"])
+        if state["features"] == "scenario":
+            if scenario is None:
+                raise ValueError("scenario: required for a model trained on scenario features")
+            policy = target(scenario, seed=seed, **state["hyperparameters"])
+            if policy.feature_names != names or policy.n_actions != n_actions:
+                raise ValueError("scenario: its features or actions differ from the saved model")
+        else:
+            policy = target(
+                None,
+                seed=seed,
+                n_features=len(names),
+                n_actions=n_actions,
+                **state["hyperparameters"],
+            )
+        A = np.asarray(state["A"], dtype=np.float64)
+        b = np.asarray(state["b"], dtype=np.float64)
+        if A.shape != policy.A.shape or b.shape != policy.b.shape:
+            raise ValueError(f"state: A/b shapes {A.shape}/{b.shape} do not match the model")
+        policy.A = A.copy()
+        policy.b = b.copy()
+        policy.counts = np.asarray(state["counts"], dtype=np.int64).copy()
+        policy._refresh(np.arange(policy.n_actions))
+        return policy
+
+
+class LinUCBPolicy(LinearBandit):
+    """Deterministic optimism: one-hot on the eligible argmax of the upper confidence bound
+    (exact ties split evenly, so ``act`` breaks them at random with the seeded generator)."""
+
+    name = "linucb"
+
+    def __init__(
+        self,
+        scenario: Scenario | None,
+        *,
+        alpha: float = 1.0,
+        ridge: float = 1.0,
+        seed: int | None = None,
+        n_features: int | None = None,
+        n_actions: int | None = None,
+    ) -> None:
+        self.alpha = _check_number("alpha", alpha, low=0.0, strict=False)
+        super().__init__(
+            scenario, ridge=ridge, seed=seed, n_features=n_features, n_actions=n_actions
+        )
+
+    def hyperparameters(self) -> dict[str, float | int]:
+        return {"alpha": self.alpha, "ridge": self.ridge}
+
+    def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        X = self.transform(obs)
+        scores = self.predict_mean(X)
+        if self.alpha:
+            scores = scores + self.alpha * self.predict_width(X)
+        return _argmax_probabilities(scores, mask)
+
+
+class EpsilonGreedyPolicy(LinearBandit):
+    """``(1 - epsilon) * onehot(greedy) + epsilon / |eligible|`` with the greedy choice the
+    eligible argmax of the ridge estimate (exact ties split evenly)."""
+
+    name = "epsilon_greedy"
+
+    def __init__(
+        self,
+        scenario: Scenario | None,
+        *,
+        epsilon: float = 0.1,
+        ridge: float = 1.0,
+        seed: int | None = None,
+        n_features: int | None = None,
+        n_actions: int | None = None,
+    ) -> None:
+        self.epsilon = _check_number("epsilon", epsilon, low=0.0, strict=False, high=1.0)
+        super().__init__(
+            scenario, ridge=ridge, seed=seed, n_features=n_features, n_actions=n_actions
+        )
+
+    def hyperparameters(self) -> dict[str, float | int]:
+        return {"epsilon": self.epsilon, "ridge": self.ridge}
+
+    def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        greedy = _argmax_probabilities(self.predict_mean(self.transform(obs)), mask)
+        return (1.0 - self.epsilon) * greedy + self.epsilon * mask / mask.sum(axis=1, keepdims=True)
+
+
+class LinTSPolicy(LinearBandit):
+    """Linear Thompson sampling with posterior ``theta_a ~ N(theta_a, v^2 A_a^-1)``.
+
+    For one context the sampled score of action ``a`` is ``N(theta_a^T x, v^2 x^T A_a^-1 x)``,
+    independent across actions, so draws cost one normal per eligible (row, action).
+
+    ``action_probabilities`` estimates P(action is the argmax of a posterior draw) by Monte
+    Carlo with ``n_propensity_samples`` draws from the seeded generator. ``act`` takes ONE
+    draw per row and plays its argmax; the propensity it returns is the Monte-Carlo
+    probability of that action estimated from that draw plus ``n_propensity_samples`` more,
+    so it is always >= 1 / (n_propensity_samples + 1) > 0 and honest up to MC error
+    (standard error about ``sqrt(p (1 - p) / (n + 1))``).
+    """
+
+    name = "lints"
+
+    def __init__(
+        self,
+        scenario: Scenario | None,
+        *,
+        v: float = 1.0,
+        ridge: float = 1.0,
+        n_propensity_samples: int = 64,
+        seed: int | None = None,
+        n_features: int | None = None,
+        n_actions: int | None = None,
+    ) -> None:
+        self.v = _check_number("v", v, low=0.0, strict=True)
+        if not isinstance(n_propensity_samples, int | np.integer) or n_propensity_samples < 1:
+            raise ValueError(
+                f"n_propensity_samples must be an int >= 1, got {n_propensity_samples!r}"
+            )
+        self.n_propensity_samples = int(n_propensity_samples)
+        super().__init__(
+            scenario, ridge=ridge, seed=seed, n_features=n_features, n_actions=n_actions
+        )
+
+    def hyperparameters(self) -> dict[str, float | int]:
+        return {"v": self.v, "ridge": self.ridge, "n_propensity_samples": self.n_propensity_samples}
+
+    def _winners(self, obs: np.ndarray, mask: np.ndarray, n_draws: int) -> np.ndarray:
+        """(n_draws, N) argmax over eligible actions of independent posterior draws."""
+        X = self.transform(obs)
+        # Draws in float32 (in place) for speed; the argmax needs no more precision.
+        mean = self.predict_mean(X).astype(np.float32)
+        sd = (self.v * self.predict_width(X)).astype(np.float32)
+        out = np.empty((n_draws, len(X)), dtype=np.int64)
+        for rows in _chunks(len(X)):
+            # Normals only for the eligible (row, action) pairs, in row-major order.
+            eligible = np.flatnonzero(mask[rows])
+            noise = self.rng.standard_normal((n_draws, len(eligible)), dtype=np.float32)
+            noise *= sd[rows].ravel()[eligible]
+            noise += mean[rows].ravel()[eligible]
+            scores = np.full((n_draws, mask[rows].size), -np.inf, dtype=np.float32)
+            scores[:, eligible] = noise
+            out[:, rows] = scores.reshape(n_draws, -1, self.n_actions).argmax(axis=2)
+        return out
+
+    def _frequencies(self, winners: np.ndarray) -> np.ndarray:
+        n_draws, n = winners.shape
+        flat = (winners + np.arange(n) * self.n_actions).ravel()
+        counts = np.bincount(flat, minlength=n * self.n_actions).reshape(n, self.n_actions)
+        return counts / n_draws
+
+    def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self._frequencies(self._winners(obs, mask, self.n_propensity_samples))
+
+    def act_with_probabilities(
+        self, obs: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Actions (N,), their propensities (N,), and the full (N, A) MC probabilities
+        (``n_propensity_samples + 1`` draws, the first of which chose the action)."""
+        obs, mask = self.check_batch(obs, mask)
+        winners = self._winners(obs, mask, self.n_propensity_samples + 1)
+        probs = self._frequencies(winners)
+        actions = winners[0]
+        return actions, probs[np.arange(len(actions)), actions], probs
+
+    def act(self, obs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        actions, propensities, _ = self.act_with_probabilities(obs, mask)
+        return actions, propensities
+
+
+def train_bandit(
+    policy: LinearBandit,
+    scenario: Scenario | str = "default",
+    *,
+    n_customers: int = 10_000,
+    weeks: int = 52,
+    seed: int = 0,
+) -> list[float]:
+    """Online learning on simulated customers: each week act, step, and update with the
+    immediate reward of the action actually executed. Runs ``weeks`` weeks (a fresh
+    population is drawn whenever the horizon ends) and returns the learning curve: mean
+    reward per customer for each week. The policy keeps its own seeded generator."""
+    if n_customers < 1 or weeks < 1:
+        raise ValueError(f"n_customers and weeks must be >= 1, got {n_customers}, {weeks}")
+    env = CustomerLifecycleVectorEnv(n_customers, scenario)
+    obs, info = env.reset(seed=seed)
+    curve = []
+    for _ in range(weeks):
+        actions, _ = policy.act(obs, info["action_mask"])
+        next_obs, reward, _, truncated, info = env.step(actions)
+        policy.update(obs, info["executed_action"], reward)
+        curve.append(float(np.mean(reward)))
+        obs = next_obs
+        if truncated.any():
+            obs, info = env.reset()
+    return curve
