@@ -30,6 +30,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import minimize
 from scipy.special import betaln, digamma, gammaln
 
+from simulator.config import PurchaseModel, load_scenario
+
 __all__ = [
     "BGNBDParams",
     "CalibrationError",
@@ -661,7 +663,7 @@ def _significant(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def scenario_values(result: CalibrationResult) -> dict[str, float]:
+def scenario_values(result: CalibrationResult, *, rounded: bool = True) -> dict[str, float]:
     """The ``[purchase]`` keys of a scenario file, rounded to 4 significant digits."""
     bg, gg = result.bgnbd, result.gamma_gamma
     values = {
@@ -673,8 +675,17 @@ def scenario_values(result: CalibrationResult) -> dict[str, float]:
         "spend_q": gg.q,
         "spend_gamma": gg.gamma,
     }
+    if not rounded:
+        return values
     # Four digits is finer than the standard errors of any realistic fit.
     return {key: _significant(value) for key, value in values.items()}
+
+
+def purchase_model(result: CalibrationResult, base: PurchaseModel | None = None) -> PurchaseModel:
+    """The simulator's purchase model with the fit in place (other keys from ``base``,
+    by default the shipped default scenario's)."""
+    base = base if base is not None else load_scenario("default").purchase
+    return base.model_copy(update=scenario_values(result, rounded=False))
 
 
 def write_scenario_fragment(result: CalibrationResult, path: str | Path) -> None:

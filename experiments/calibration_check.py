@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 
-from cvm_rl.calibration import CalibrationResult, calibrate, load_transactions
+from cvm_rl.calibration import CalibrationResult, calibrate, load_transactions, purchase_model
 from cvm_rl.datasets import lifetimes_dataset
-from simulator.config import PurchaseModel, load_scenario
+from simulator.config import PurchaseModel
 from simulator.validation import compare_repeat_histograms, simulate_repeat_counts
 
 PUBLISHED = {
@@ -49,19 +49,7 @@ def fitted_purchase_model(args: Args) -> tuple[PurchaseModel, CalibrationResult]
         args.calibration_start,
         args.calibration_end,
     )
-    bg, gg = result.bgnbd, result.gamma_gamma
-    fitted = load_scenario("default").purchase.model_copy(
-        update={
-            "r": bg.r,
-            "alpha": bg.alpha,
-            "a": bg.a,
-            "b": bg.b,
-            "spend_p": gg.p,
-            "spend_q": gg.q,
-            "spend_gamma": gg.gamma,
-        }
-    )
-    return fitted, result
+    return purchase_model(result), result
 
 
 def main(args: Args) -> dict:

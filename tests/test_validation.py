@@ -7,7 +7,7 @@ from datetime import date
 import numpy as np
 import pytest
 
-from cvm_rl.calibration import calibrate, load_transactions
+from cvm_rl.calibration import calibrate, load_transactions, purchase_model
 from cvm_rl.datasets import lifetimes_dataset
 from simulator.config import load_scenario
 from simulator.validation import compare_repeat_histograms, simulate_repeat_counts
@@ -17,18 +17,7 @@ from simulator.validation import compare_repeat_histograms, simulate_repeat_coun
 def cdnow_fit():
     path = lifetimes_dataset("CDNOW_sample.txt")
     result = calibrate(load_transactions(path), date(1997, 1, 1), date(1997, 9, 30))
-    bg, gg = result.bgnbd, result.gamma_gamma
-    purchase = load_scenario("default").purchase.model_copy(
-        update={
-            "r": bg.r,
-            "alpha": bg.alpha,
-            "a": bg.a,
-            "b": bg.b,
-            "spend_p": gg.p,
-            "spend_q": gg.q,
-            "spend_gamma": gg.gamma,
-        }
-    )
+    purchase = purchase_model(result)
     return purchase, result.summary
 
 
