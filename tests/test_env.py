@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from helpers import assert_same
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from simulator import ENV_ID, CustomerLifecycleEnv, MaskedActionError, Population
@@ -26,16 +27,6 @@ LATENT_KEYS = {
     "segment",
     "present",
 }
-
-
-def _assert_same(a: Any, b: Any, path: str = "") -> None:
-    """Recursive exact equality of nested dicts/arrays/scalars."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), path
-        for key in a:
-            _assert_same(a[key], b[key], f"{path}.{key}")
-    else:
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=path)
 
 
 def _rollout(env: gym.Env, seed: int, action_seed: int, steps: int | None = None) -> list[tuple]:
@@ -124,12 +115,12 @@ def test_same_seed_same_trajectory() -> None:
     assert len(run_a) == len(run_b) == 53
     for t, (step_a, step_b) in enumerate(zip(run_a, run_b, strict=True)):
         for part_a, part_b in zip(step_a, step_b, strict=True):
-            _assert_same(part_a, part_b, path=f"step {t}")
+            assert_same(part_a, part_b, path=f"step {t}")
     # The same env re-seeded reproduces too (no state leaks across resets).
     run_c = _rollout(env_a, seed=7, action_seed=11)
     for step_a, step_c in zip(run_a, run_c, strict=True):
-        _assert_same(step_a[0], step_c[0])
-        _assert_same(step_a[4], step_c[4])
+        assert_same(step_a[0], step_c[0])
+        assert_same(step_a[4], step_c[4])
 
 
 def test_different_seeds_different_trajectories() -> None:
@@ -147,7 +138,7 @@ def test_oracle_info_does_not_change_dynamics() -> None:
     plain = _rollout(CustomerLifecycleEnv(), seed=5, action_seed=5)
     oracle = _rollout(CustomerLifecycleEnv(oracle_info=True), seed=5, action_seed=5)
     for step_p, step_o in zip(plain, oracle, strict=True):
-        _assert_same(step_p[0], step_o[0])
+        assert_same(step_p[0], step_o[0])
         assert step_p[1] == step_o[1]
         assert {k: v for k, v in step_o[4].items() if k != "oracle"}.keys() == step_p[4].keys()
 

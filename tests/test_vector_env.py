@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
+from helpers import assert_same
 
 from simulator import ENV_ID, CustomerLifecycleEnv, CustomerLifecycleVectorEnv
 from simulator.config import Scenario, scenario_from_mapping
@@ -35,15 +36,6 @@ def _make(num_envs: int, **kwargs: Any) -> CustomerLifecycleVectorEnv:
     )
     assert isinstance(venv, CustomerLifecycleVectorEnv)
     return venv
-
-
-def _assert_same(a: Any, b: Any, path: str = "") -> None:
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), path
-        for key in a:
-            _assert_same(a[key], b[key], f"{path}.{key}")
-    else:
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=path)
 
 
 def _rollout(venv: CustomerLifecycleVectorEnv, seed: int, action_seed: int) -> list[tuple]:
@@ -167,7 +159,7 @@ def test_same_seed_same_trajectory_1000_customers() -> None:
         assert venv.observation_space.contains(step[0])
     for t, (step_a, step_b) in enumerate(zip(run_a, run_b, strict=True)):
         for part_a, part_b in zip(step_a, step_b, strict=True):
-            _assert_same(part_a, part_b, path=f"step {t}")
+            assert_same(part_a, part_b, path=f"step {t}")
 
 
 def test_different_seed_different_trajectory() -> None:
@@ -184,8 +176,8 @@ def test_reseeding_the_same_env_reproduces() -> None:
     first = _rollout(venv, seed=5, action_seed=5)
     second = _rollout(venv, seed=5, action_seed=5)
     for step_a, step_b in zip(first, second, strict=True):
-        _assert_same(step_a[0], step_b[0])
-        _assert_same(step_a[4], step_b[4])
+        assert_same(step_a[0], step_b[0])
+        assert_same(step_a[4], step_b[4])
 
 
 # ----------------------------------------------------------------------------- autoreset
@@ -211,7 +203,7 @@ def test_next_step_autoreset(default_scenario: Scenario) -> None:
     first = envs[0].step(np.zeros(n, dtype=np.int64))
     second = envs[1].step(np.full(n, sc.n_actions - 1))
     for part_a, part_b in zip(first, second, strict=True):
-        _assert_same(part_a, part_b)
+        assert_same(part_a, part_b)
     obs, reward, terminated, truncated, info = first
     assert envs[0].population.week == 0
     np.testing.assert_array_equal(obs[:, progress], 0.0)

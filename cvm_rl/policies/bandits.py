@@ -157,10 +157,7 @@ class LinearBandit(Policy):
                     )
             assert n_features is not None and n_actions is not None
             self.scenario = None  # type: ignore[assignment]
-            self.feature_names = [f"x{i}" for i in range(n_features)]
-            self.feature_index = {name: i for i, name in enumerate(self.feature_names)}
-            self.n_actions = int(n_actions)
-            self.rng = np.random.default_rng(seed)
+            self._set_schema([f"x{i}" for i in range(n_features)], int(n_actions), seed)
             self.transform = FeatureTransform.identity(int(n_features))
         self.ridge = _check_number("ridge", ridge, low=0.0, strict=True)
         k, d = self.n_actions, self.transform.dim

@@ -22,9 +22,13 @@ class Policy(ABC):
 
     def __init__(self, scenario: Scenario, *, seed: int | None = None) -> None:
         self.scenario = scenario
-        self.feature_names = observation_feature_names(scenario)
-        self.feature_index = {name: i for i, name in enumerate(self.feature_names)}
-        self.n_actions = scenario.n_actions
+        self._set_schema(observation_feature_names(scenario), scenario.n_actions, seed)
+
+    def _set_schema(self, feature_names: list[str], n_actions: int, seed: int | None) -> None:
+        """Feature order, action count and the seeded generator that ``act`` samples with."""
+        self.feature_names = feature_names
+        self.feature_index = {name: i for i, name in enumerate(feature_names)}
+        self.n_actions = n_actions
         self.rng = np.random.default_rng(seed)
 
     def seed(self, seed: int | None) -> None:
