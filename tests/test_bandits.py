@@ -7,12 +7,12 @@ import pytest
 
 from cvm_rl.policies.bandits import (
     EpsilonGreedyPolicy,
-    FeatureTransform,
     LinearBandit,
     LinTSPolicy,
     LinUCBPolicy,
     train_bandit,
 )
+from cvm_rl.policies.features import FeatureTransform
 from simulator.config import load_scenario
 from simulator.vector_env import CustomerLifecycleVectorEnv
 

@@ -15,10 +15,12 @@ from cvm_rl.policies.baselines import (
     Rule,
     RuleBasedPolicy,
 )
+from cvm_rl.policies.features import FeatureTransform
 
 __all__ = [
     "DEFAULT_RULES",
     "EpsilonGreedyPolicy",
+    "FeatureTransform",
     "LinTSPolicy",
     "LinUCBPolicy",
     "LinearBandit",

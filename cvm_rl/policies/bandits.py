@@ -11,12 +11,8 @@ into action probabilities:
 * :class:`EpsilonGreedyPolicy`: argmax of ``theta_a^T x`` with probability ``1 - epsilon``,
   uniform over eligible actions otherwise.
 
-Features (:class:`FeatureTransform`): a **fixed** scaling derived from the scenario's
-observation space, not fitted statistics, so the regression's sufficient statistics stay
-valid as data arrives and a saved model needs nothing but its arrays. Each observation is
-clipped to the space's bounds; the heavy-tailed counts (recency, frequency, monetary value,
-tenure, weeks since contact) are ``log1p``-transformed; every column is then divided by its
-largest possible magnitude, so all features lie in [-1, 1]; a constant 1 (bias) comes first.
+Features: the fixed :class:`~cvm_rl.policies.features.FeatureTransform` of the scenario's
+observation space with a constant 1 (bias) first.
 
 A bandit can also run on raw feature vectors without a scenario
 (``LinUCBPolicy(None, n_features=5, n_actions=5)``: identity features plus bias), which is
@@ -26,68 +22,17 @@ how the synthetic tests exercise the learning rules.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from cvm_rl.policies.base import Policy
+from cvm_rl.policies.features import FeatureTransform
 from simulator.config import Scenario
-from simulator.core import observation_feature_names
-from simulator.spaces import observation_space
 from simulator.vector_env import CustomerLifecycleVectorEnv
-
-HEAVY_TAILED: tuple[str, ...] = ("recency_weeks", "frequency", "monetary_avg", "tenure_weeks")
-"""Observation features that get ``log1p`` (besides every ``weeks_since_contact_*``)."""
 
 _CHUNK_ROWS = 2048  # rows per block in the (rows x actions x dim) computations (bounds memory)
 _TIE_RTOL = 1e-9  # scores this close (relative) to the best count as tied
-
-
-@dataclass(frozen=True, eq=False)
-class FeatureTransform:
-    """``obs -> [1, clip(obs, low, high) (log1p where log) / scale]`` as float64."""
-
-    low: np.ndarray
-    high: np.ndarray
-    log: np.ndarray
-    scale: np.ndarray
-
-    @classmethod
-    def from_scenario(cls, scenario: Scenario) -> FeatureTransform:
-        space = observation_space(scenario)
-        names = observation_feature_names(scenario)
-        low = space.low.astype(np.float64)
-        high = space.high.astype(np.float64)
-        log = np.array(
-            [n in HEAVY_TAILED or n.startswith("weeks_since_contact_") for n in names], dtype=bool
-        )
-        if np.any(low[log] < 0):  # log1p needs x > -1; the space guarantees x >= 0 here
-            raise ValueError("log-transformed features must have a lower bound >= 0")
-        top = np.where(log, np.log1p(high), np.maximum(np.abs(low), np.abs(high)))
-        return cls(low, high, log, np.where(top > 0, top, 1.0))
-
-    @classmethod
-    def identity(cls, n_features: int) -> FeatureTransform:
-        """Raw features plus the bias column."""
-        return cls(
-            np.full(n_features, -np.inf),
-            np.full(n_features, np.inf),
-            np.zeros(n_features, dtype=bool),
-            np.ones(n_features),
-        )
-
-    @property
-    def dim(self) -> int:
-        """Output width, bias included."""
-        return len(self.scale) + 1
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        x = np.clip(np.asarray(obs, dtype=np.float64), self.low, self.high)
-        if self.log.any():
-            x[:, self.log] = np.log1p(x[:, self.log])
-        x /= self.scale
-        return np.hstack([np.ones((len(x), 1)), x])
 
 
 def _check_number(
