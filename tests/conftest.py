@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread: on this shared 2-core machine threaded small solves are many times slower.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import tomllib
 from importlib import resources
 

@@ -1,16 +1,78 @@
-"""Baseline policies: the protocol's guarantees and clear errors."""
+"""The policy protocol's guarantees for every policy, and the baselines' behaviour."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
-from cvm_rl.policies import NoContactPolicy, RandomPolicy, Rule, RuleBasedPolicy, sample_actions
+from cvm_rl.policies import (
+    EpsilonGreedyPolicy,
+    ExplorationPolicy,
+    GreedyUpliftPolicy,
+    LinTSPolicy,
+    LinUCBPolicy,
+    MLPPolicy,
+    NoContactPolicy,
+    Policy,
+    RandomPolicy,
+    Rule,
+    RuleBasedPolicy,
+    sample_actions,
+    train_bandit,
+)
+from cvm_rl.policies.oracle import OraclePolicy
 from simulator.config import load_scenario
+from simulator.core import Population, observation_feature_names
 from simulator.vector_env import CustomerLifecycleVectorEnv
 
 SCENARIO = load_scenario("default")
-POLICIES = [NoContactPolicy, RandomPolicy, RuleBasedPolicy]
+
+
+def _bandit(cls: type, seed: int | None, **kwargs: float) -> Policy:
+    policy = cls(SCENARIO, seed=seed, **kwargs)
+    train_bandit(policy, SCENARIO, n_customers=500, weeks=3, seed=1)
+    return policy
+
+
+def _mlp(seed: int | None, **kwargs: float | str) -> MLPPolicy:
+    """Random weights large enough to give uneven probabilities."""
+    rng = np.random.default_rng(7)
+    dims = [len(observation_feature_names(SCENARIO)), 16, SCENARIO.n_actions]
+    weights = [rng.normal(0, 1.5, (a, b)).astype(np.float32) for a, b in pairwise(dims)]
+    biases = [rng.normal(0, 0.5, b).astype(np.float32) for b in dims[1:]]
+    return MLPPolicy(SCENARIO, weights, biases, seed=seed, **kwargs)  # type: ignore[arg-type]
+
+
+def _oracle(seed: int | None) -> OraclePolicy:
+    policy = OraclePolicy(SCENARIO, seed=seed)
+    policy.bind(Population.create(SCENARIO, 3000, np.random.default_rng(0)))
+    return policy
+
+
+_GREEDY_STATE = GreedyUpliftPolicy.fit_from_simulation(
+    SCENARIO, n_customers=500, weeks=6
+).state_dict()
+
+FACTORIES: dict[str, Callable[[int | None], Policy]] = {
+    "no_contact": lambda seed: NoContactPolicy(SCENARIO, seed=seed),
+    "random": lambda seed: RandomPolicy(SCENARIO, seed=seed),
+    "rules": lambda seed: RuleBasedPolicy(SCENARIO, seed=seed),
+    "exploration": lambda seed: ExplorationPolicy(SCENARIO, seed=seed),
+    "greedy": lambda seed: GreedyUpliftPolicy.from_state_dict(_GREEDY_STATE, SCENARIO, seed=seed),
+    "linucb": lambda seed: _bandit(LinUCBPolicy, seed),
+    "lints": lambda seed: _bandit(LinTSPolicy, seed),
+    "egreedy": lambda seed: _bandit(EpsilonGreedyPolicy, seed, epsilon=0.3),
+    "mlp_softmax": lambda seed: _mlp(seed),
+    "mlp_q_epsilon": lambda seed: _mlp(seed, head="q_values", activation="relu", epsilon=0.2),
+    "oracle": _oracle,
+}
+"""Every policy family, built small; each test below runs on all of them."""
+STOCHASTIC = ["random", "exploration", "egreedy", "mlp_softmax", "mlp_q_epsilon"]
+"""Policies whose probabilities are exact and spread over several actions (LinTS's
+propensities are Monte Carlo estimates; its own test covers them)."""
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +88,9 @@ def batches() -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-@pytest.mark.parametrize("policy_cls", POLICIES)
-def test_probabilities_respect_mask_and_sum_to_one(policy_cls, batches) -> None:
-    policy = policy_cls(SCENARIO, seed=0)
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_probabilities_respect_mask_and_sum_to_one(name, batches) -> None:
+    policy = FACTORIES[name](0)
     for obs, mask in batches:
         probs = policy.action_probabilities(obs, mask)
         assert probs.shape == mask.shape
@@ -36,22 +98,29 @@ def test_probabilities_respect_mask_and_sum_to_one(policy_cls, batches) -> None:
         assert np.all(probs[~mask] == 0.0)
         actions, propensities = policy.act(obs, mask)
         assert mask[np.arange(len(actions)), actions].all()
-        np.testing.assert_array_equal(propensities, probs[np.arange(len(actions)), actions])
+        if name != "lints":  # LinTS serves Monte Carlo propensities (tested in test_bandits)
+            np.testing.assert_allclose(
+                propensities, probs[np.arange(len(actions)), actions], rtol=1e-6
+            )
+        assert np.all(propensities > 0)
 
 
-def test_random_policy_sampling_frequencies_match_propensities(batches) -> None:
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_sampling_frequencies_match_propensities(name, batches) -> None:
     obs, mask = batches[-1]
     row = int(np.argmax(mask.sum(axis=1)))  # a customer with many eligible actions
     reps = 20_000
-    policy = RandomPolicy(SCENARIO, seed=3)
-    actions, _ = policy.act(
-        np.repeat(obs[row : row + 1], reps, 0), np.repeat(mask[row : row + 1], reps, 0)
-    )
+    policy = FACTORIES[name](3)
+    rows_obs = np.repeat(obs[row : row + 1], reps, 0)
+    rows_mask = np.repeat(mask[row : row + 1], reps, 0)
+    expected = policy.action_probabilities(rows_obs[:1], rows_mask[:1])[0]
+    assert np.count_nonzero(expected) >= 2
+    actions, propensities = policy.act(rows_obs, rows_mask)
     freq = np.bincount(actions, minlength=SCENARIO.n_actions) / reps
-    expected = mask[row] / mask[row].sum()
     # 5 binomial standard errors per action.
     tol = 5 * np.sqrt(expected * (1 - expected) / reps) + 1e-12
     assert np.all(np.abs(freq - expected) <= tol)
+    np.testing.assert_allclose(propensities, expected[actions], rtol=1e-6)
 
 
 def test_sample_actions_follows_arbitrary_probabilities() -> None:
@@ -62,11 +131,16 @@ def test_sample_actions_follows_arbitrary_probabilities() -> None:
     np.testing.assert_allclose(freq, [0.5, 0.0, 0.3, 0.2], atol=0.01)
 
 
-@pytest.mark.parametrize("policy_cls", POLICIES)
-def test_seeded_policies_are_reproducible(policy_cls, batches) -> None:
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_seeded_policies_are_reproducible(name, batches) -> None:
     obs, mask = batches[3]
-    first = policy_cls(SCENARIO, seed=11).act(obs, mask)[0]
-    np.testing.assert_array_equal(first, policy_cls(SCENARIO, seed=11).act(obs, mask)[0])
+    first = FACTORIES[name](11).act(obs, mask)
+    second = FACTORIES[name](11).act(obs, mask)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    if name in STOCHASTIC:
+        other = FACTORIES[name](12).act(obs, mask)[0]
+        assert np.any(other != first[0])
 
 
 def test_rules_fire_by_stage(batches) -> None:

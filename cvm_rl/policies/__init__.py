@@ -16,19 +16,31 @@ from cvm_rl.policies.baselines import (
     RuleBasedPolicy,
 )
 from cvm_rl.policies.features import FeatureTransform
+from cvm_rl.policies.greedy import (
+    ExplorationPolicy,
+    GreedyUpliftPolicy,
+    LoggedData,
+    collect_logged_data,
+)
+from cvm_rl.policies.mlp import MLPPolicy
 
 __all__ = [
     "DEFAULT_RULES",
     "EpsilonGreedyPolicy",
+    "ExplorationPolicy",
     "FeatureTransform",
+    "GreedyUpliftPolicy",
     "LinTSPolicy",
     "LinUCBPolicy",
     "LinearBandit",
+    "LoggedData",
+    "MLPPolicy",
     "NoContactPolicy",
     "Policy",
     "RandomPolicy",
     "Rule",
     "RuleBasedPolicy",
+    "collect_logged_data",
     "sample_actions",
     "train_bandit",
 ]

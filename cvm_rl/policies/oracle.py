@@ -1,0 +1,125 @@
+"""The oracle: a reference policy that sees the simulator's latent state.
+
+Not deployable (no real system knows a customer's purchase rate or whether they are still
+alive); it is the yardstick for "share of the achievable lift". Every week it computes, for
+each customer and each eligible action, the **expected** net value to the end of the horizon
+of taking that action now and contacting nobody afterwards, using the true latent state
+(purchase rate, dropout probability, spend rate, alive, fatigue, pull-forward debt, retention
+bonus) and the simulator's own equations in expectation:
+
+* this week: contact cost; sleeping-dog churn and win-back of dropped-out customers; uplift
+  damped by the channel's fatigue; the discount and per-order cost paid on *every* purchase
+  of the week (bought-anyway ones included); pull-forward debt added; a retention bonus set;
+* every later week until the horizon ends: purchases at the seasonal base rate less the debt
+  being repaid; survival ``S <- S * exp(-rate * p_dropout)`` (a week with Poisson(rate)
+  purchases, each a dropout chance), so extra purchases also carry extra dropout risk; the
+  retention bonus lowers the dropout probability while it lasts; prospects convert.
+
+It takes the action with the largest expected gain over no contact, if positive. Re-planning
+every week makes it a one-step policy improvement over no contact with the true model. What
+it does not value: the option of contacting later (opt-outs and fatigue only count through
+this week's uplift), and in-week randomness beyond expectations. A learned policy that beats
+it would be reported as such (see ``experiments/bandit_vs_rl.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cvm_rl.policies.base import Policy, one_hot
+from simulator.config import Scenario
+from simulator.core import Population
+
+
+class OraclePolicy(Policy):
+    """Expected-value planner on the latent state; call :meth:`bind` with the population
+    whose customers the observations describe (``evaluation.run_episode`` does this)."""
+
+    name = "oracle"
+    uses_latent_state = True
+
+    def __init__(self, scenario: Scenario, *, min_gain: float = 0.0, seed: int | None = None):
+        super().__init__(scenario, seed=seed)
+        if not np.isfinite(min_gain) or min_gain < 0:
+            raise ValueError(f"min_gain must be finite and >= 0, got {min_gain!r}")
+        self.min_gain = float(min_gain)
+        self._population: Population | None = None
+
+    def bind(self, population: Population) -> None:
+        if population.scenario != self.scenario:
+            raise ValueError("population: simulates a different scenario than the oracle's")
+        self._population = population
+
+    def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        pop = self._population
+        if pop is None:
+            raise ValueError("oracle: bind(population) before asking for actions")
+        if pop.n != len(obs):
+            raise ValueError(f"obs: {len(obs)} rows but the bound population has {pop.n}")
+        value = self.expected_values(pop)
+        gain = np.where(mask, value - value[:, :1], -np.inf)
+        best = np.argmax(gain, axis=1)
+        best[gain[np.arange(len(best)), best] <= self.min_gain] = 0
+        return one_hot(best, self.n_actions)
+
+    def expected_values(self, pop: Population) -> np.ndarray:
+        """(N, A) expected net value to the horizon of each action now, no contact after."""
+        tb, sc = pop.tables, self.scenario
+        pm = sc.purchase
+        n = pop.n
+        remaining = sc.horizon_weeks - pop.week
+        if remaining <= 0:
+            return np.zeros((n, tb.n_actions))
+        seg = pop.segment.astype(np.int64)
+        actions = np.arange(tb.n_actions)
+        contacted = actions > 0
+        ch = np.maximum(tb.action_channel, 0)
+        # (N, A) uplift this week, damped by the fatigue of the action's channel.
+        fatigue = pop.fatigue.astype(np.float64)[:, ch]
+        lift = (
+            tb.action_base_lift[None, :]
+            * tb.segment_sensitivity[seg, None]
+            * tb.segment_affinity[seg][:, ch]
+            * np.exp(-tb.channel_fatigue_sens[ch][None, :] * fatigue)
+        )
+        lift[:, ~contacted] = 0.0
+        present = pop.present[:, None]
+        alive = pop.alive[:, None].astype(np.float64)
+        dog = tb.segment_contact_churn[seg, None] * contacted[None, :]
+        p_back = pm.reactivation_prob * (1.0 + pm.winback_response * lift)
+        survive = alive * (1.0 - dog) + (1.0 - alive) * np.minimum(p_back, 1.0)
+        # Retention bonus: a fresh one replaces whatever was running.
+        gets_bonus = tb.action_retention_weeks > 0
+        ret_left = np.where(gets_bonus[None, :], tb.action_retention_weeks[None, :],
+                            pop.retention_left[:, None]).astype(np.float64)
+        ret_mult = np.where(gets_bonus[None, :], tb.action_retention_mult[None, :],
+                            pop.retention_mult[:, None])
+        spend = (pm.spend_p / pop.nu)[:, None]
+        bought = pop.purchased_ever[:, None].astype(np.float64)
+        debt = np.broadcast_to(pop.pf_debt[:, None], (n, tb.n_actions)).copy()
+        conv = sc.acquisition.prospect_conversion
+        total = -np.broadcast_to(tb.action_contact_cost[None, :], (n, tb.n_actions)).copy()
+        for w in range(remaining):
+            season = tb.season[(pop.week_of_year + w) % 52]
+            base = pop.lam[:, None] * season * (bought + (1.0 - bought) * conv)
+            repay = debt * pm.pull_forward_repay
+            this_lift = lift if w == 0 else 0.0
+            rate = np.maximum(base * (1.0 + this_lift) - repay, 0.0) * present
+            if w == 0:
+                debt = debt + tb.action_pull_forward[None, :] * base * lift - repay
+                per_order = (
+                    spend * (sc.margin_rate - tb.action_discount_rate[None, :])
+                    - tb.action_cost_per_order[None, :]
+                )
+            else:
+                debt = debt - repay
+                per_order = spend * sc.margin_rate
+            total += survive * rate * per_order
+            p_eff = pop.p_drop[:, None] * np.where(ret_left > 0, ret_mult, 1.0)
+            bought_now = survive * (1.0 - np.exp(-rate))
+            bought = bought + (1.0 - bought) * bought_now
+            survive = survive * np.exp(-rate * p_eff) + (1.0 - survive) * (
+                pm.reactivation_prob * present
+            )
+            ret_left = np.maximum(ret_left - 1.0, 0.0)
+        return total

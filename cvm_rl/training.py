@@ -1,0 +1,402 @@
+"""Train a policy on simulated customers and save it as a model bundle.
+
+One entry point, :func:`train`, for both families:
+
+* **contextual bandits** (``linucb``, ``lints``, ``egreedy``) learn online from each week's
+  immediate reward (:func:`cvm_rl.policies.bandits.train_bandit`);
+* **RL** (``ppo``, ``maskable_ppo``, ``a2c``, ``dqn``) are Stable-Baselines3 / sb3-contrib
+  learners on the native vectorized environment (one numpy kernel steps every customer;
+  :class:`~simulator.sb3.CustomerLifecycleSB3VecEnv`), with a discount close to 1 so they
+  optimize value over the horizon rather than this week's reward.
+
+Every learner sees the same fixed feature scaling
+(:class:`~cvm_rl.policies.features.FeatureTransform`), applied by
+:class:`ScaledObservations` for SB3, so the exported network needs nothing fitted beside its
+weights. Rewards are scaled by SB3's ``VecNormalize`` (reward only) during training, which
+leaves the policy itself unchanged.
+
+A run directory holds ``bundle/`` (what the server loads), ``config.json``,
+``learning_curve.csv`` and ``learning_curve.png``, the SB3 checkpoint (``sb3_model.zip``)
+and TensorBoard logs (``tensorboard/``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from cvm_rl.bundle import save_bundle
+from cvm_rl.policies.bandits import (
+    EpsilonGreedyPolicy,
+    LinearBandit,
+    LinTSPolicy,
+    LinUCBPolicy,
+    train_bandit,
+)
+from cvm_rl.policies.base import Policy
+from cvm_rl.policies.features import FeatureTransform
+from cvm_rl.policies.mlp import MLPPolicy
+from simulator.config import Scenario, load_scenario
+
+BANDIT_ALGOS: dict[str, type[LinearBandit]] = {
+    "linucb": LinUCBPolicy,
+    "lints": LinTSPolicy,
+    "egreedy": EpsilonGreedyPolicy,
+}
+RL_ALGOS: tuple[str, ...] = ("ppo", "maskable_ppo", "a2c", "dqn")
+ALGOS: tuple[str, ...] = (*BANDIT_ALGOS, *RL_ALGOS)
+VALIDATION_SEED_OFFSET = 10_000
+"""Validation populations use seeds 10_000 + training seed: disjoint from training (the
+training seed's own stream) and from held-out evaluation (1000 and up)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in the run directory and the bundle).
+
+    ``steps`` counts environment steps, i.e. customer-weeks, for every algorithm. RL
+    hyperparameters apply to the SB3 learners; ``policy_kwargs`` passes through to SB3.
+    ``no_contact_prior`` adds that much to the initial logit of "no contact": a fresh policy
+    then starts near the do-nothing campaign instead of contacting at random, which otherwise
+    costs a long stretch of training to unlearn.
+    """
+
+    algo: str = "maskable_ppo"
+    scenario: str = "default"
+    seed: int = 0
+    steps: int = 2_000_000
+    n_envs: int = 4096
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    learning_rate: float = 3e-4
+    n_steps: int = 52
+    batch_size: int = 8192
+    n_epochs: int = 5
+    ent_coef: float = 0.0
+    net_arch: list[int] = field(default_factory=lambda: [128, 128])
+    no_contact_prior: float = 3.0
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    bandit_kwargs: dict[str, Any] = field(default_factory=dict)
+    torch_threads: int = 1
+    validation_customers: int = 5_000
+    validation_every: int = 5
+
+    def validate(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo: unknown {self.algo!r}; allowed {list(ALGOS)}")
+        positive = (
+            "steps",
+            "n_envs",
+            "n_steps",
+            "batch_size",
+            "n_epochs",
+            "torch_threads",
+            "validation_customers",
+            "validation_every",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.ent_coef < 0:
+            raise ValueError(f"ent_coef must be >= 0, got {self.ent_coef!r}")
+        if not self.net_arch or any(int(w) < 1 for w in self.net_arch):
+            raise ValueError(f"net_arch must list positive layer widths, got {self.net_arch!r}")
+
+
+@dataclass
+class TrainResult:
+    policy: Policy
+    config: TrainConfig
+    curve_steps: np.ndarray
+    curve_values: np.ndarray
+    seconds: float
+    out: Path | None = None
+
+    @property
+    def bundle_path(self) -> Path | None:
+        return None if self.out is None else self.out / "bundle"
+
+
+def _vec_env_wrapper() -> type:
+    from stable_baselines3.common.vec_env import VecEnvWrapper
+
+    class _Scaled(VecEnvWrapper):
+        """Applies the fixed :class:`FeatureTransform` to observations (also the
+        ``terminal_observation`` SB3 bootstraps from) and passes the action masks through."""
+
+        def __init__(self, venv: Any, transform: FeatureTransform) -> None:
+            dim = venv.observation_space.shape[0]
+            space = gym.spaces.Box(-1.0, 1.0, (dim,), np.float32)
+            super().__init__(venv, observation_space=space)
+            self.transform = transform
+
+        def _scale(self, obs: Any) -> np.ndarray:
+            return self.transform.scaled(obs).astype(np.float32)
+
+        def reset(self) -> np.ndarray:
+            return self._scale(self.venv.reset())
+
+        def step_wait(self) -> Any:
+            obs, reward, done, infos = self.venv.step_wait()
+            for info in infos:
+                if "terminal_observation" in info:
+                    info["terminal_observation"] = self._scale(info["terminal_observation"][None])[
+                        0
+                    ]
+            return self._scale(obs), reward, done, infos
+
+        def action_masks(self) -> np.ndarray:
+            venv: Any = self.venv  # the native env (or a wrapper passing masks on)
+            return venv.action_masks()
+
+    return _Scaled
+
+
+def ScaledObservations(venv: Any, transform: FeatureTransform) -> Any:
+    """SB3 ``VecEnvWrapper`` feeding scaled features (SB3 is imported only when used)."""
+    return _vec_env_wrapper()(venv, transform)
+
+
+def make_training_env(config: TrainConfig, scenario: Scenario) -> Any:
+    """The SB3 view of the native vectorized env: scaled observations, normalized reward."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from simulator.sb3 import CustomerLifecycleSB3VecEnv
+
+    env = CustomerLifecycleSB3VecEnv(config.n_envs, scenario, seed=config.seed)
+    scaled = ScaledObservations(env, FeatureTransform.from_scenario(scenario))
+    return VecNormalize(scaled, norm_obs=False, norm_reward=True, gamma=config.gamma)
+
+
+def build_model(config: TrainConfig, env: Any, tensorboard_log: str | None = None) -> Any:
+    """The SB3 learner for ``config.algo`` with flat hyperparameters from ``config``."""
+    import torch
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import A2C, DQN, PPO
+
+    policy_kwargs = {"net_arch": list(config.net_arch), **config.policy_kwargs}
+    common: dict[str, Any] = {
+        "gamma": config.gamma,
+        "learning_rate": config.learning_rate,
+        "seed": config.seed,
+        "verbose": 0,
+        "tensorboard_log": tensorboard_log,
+        "device": "cpu",
+    }
+    model: Any
+    if config.algo in ("ppo", "maskable_ppo"):
+        cls = MaskablePPO if config.algo == "maskable_ppo" else PPO
+        model = cls(
+            "MlpPolicy",
+            env,
+            n_steps=config.n_steps,
+            batch_size=config.batch_size,
+            n_epochs=config.n_epochs,
+            gae_lambda=config.gae_lambda,
+            ent_coef=config.ent_coef,
+            policy_kwargs=policy_kwargs,
+            **common,
+        )
+    elif config.algo == "a2c":
+        model = A2C(
+            "MlpPolicy",
+            env,
+            n_steps=config.n_steps,
+            gae_lambda=config.gae_lambda,
+            ent_coef=config.ent_coef,
+            policy_kwargs=policy_kwargs,
+            **common,
+        )
+    else:
+        model = DQN(
+            "MlpPolicy",
+            env,
+            batch_size=config.batch_size,
+            buffer_size=max(100_000, 4 * config.n_envs * config.n_steps),
+            learning_starts=config.n_envs * 4,
+            train_freq=1,
+            gradient_steps=max(1, config.n_envs // config.batch_size),
+            target_update_interval=max(1, 20 * config.n_envs),
+            exploration_fraction=0.3,
+            policy_kwargs=policy_kwargs,
+            **common,
+        )
+    if config.no_contact_prior:
+        with torch.no_grad():
+            head = model.policy.q_net.q_net[-1] if config.algo == "dqn" else model.policy.action_net
+            head.bias[0] += config.no_contact_prior
+            if config.algo == "dqn":
+                model.policy.q_net_target.load_state_dict(model.policy.q_net.state_dict())
+    return model
+
+
+def _curve_callback(curve: list[tuple[int, float]], scenario: Scenario, config: TrainConfig) -> Any:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class _ValidationValue(BaseCallback):
+        """After every ``validation_every`` finished horizons, the current policy's value per
+        customer on one fixed validation population (its own seed, never used for training
+        or evaluation), so the curve shows learning rather than population noise."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.horizons = 0
+            self.pending = False
+
+        def _on_step(self) -> bool:
+            infos = self.locals["infos"]
+            if not any("episode" in i for i in infos):
+                return True
+            train_value = float(np.mean([i["episode"]["r"] for i in infos if "episode" in i]))
+            self.logger.record("rollout/value_per_customer", train_value)
+            self.horizons += 1
+            self.pending |= self.horizons % config.validation_every == 0
+            return True
+
+        def _on_rollout_start(self) -> None:
+            # After the update that followed the horizon, so the point shows its effect.
+            if self.pending:
+                self.pending = False
+                self.validate()
+
+        def _on_training_start(self) -> None:
+            self.validate()
+
+        def _on_training_end(self) -> None:
+            if not curve or curve[-1][0] != self.num_timesteps:
+                self.validate()
+
+        def validate(self) -> None:
+            policy = MLPPolicy.from_sb3(self.model, scenario, name=config.algo)
+            value = validation_value(policy, scenario, config)
+            curve.append((self.num_timesteps, value))
+            self.logger.record("validation/value_per_customer", value)
+
+    return _ValidationValue()
+
+
+def validation_value(policy: Policy, scenario: Scenario, config: TrainConfig) -> float:
+    """Value per customer of ``policy`` on the run's fixed validation population."""
+    from cvm_rl.evaluation import run_episode
+
+    seed = VALIDATION_SEED_OFFSET + config.seed
+    return run_episode(policy, scenario, config.validation_customers, seed)["value"]
+
+
+def train(
+    config: TrainConfig, out: str | Path | None = None, *, progress_bar: bool = False
+) -> TrainResult:
+    """Train ``config.algo`` and, with ``out``, write the run directory and its bundle."""
+    config.validate()
+    scenario = load_scenario(config.scenario)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if config.algo in BANDIT_ALGOS:
+        policy, steps, values = _train_bandit(config, scenario)
+    else:
+        policy, steps, values = _train_rl(config, scenario, out_dir, progress_bar)
+    seconds = time.perf_counter() - start
+    result = TrainResult(policy, config, steps, values, seconds, out_dir)
+    if out_dir is not None:
+        _write_run(result, scenario)
+    return result
+
+
+def _train_bandit(config: TrainConfig, scenario: Scenario) -> tuple[Policy, np.ndarray, np.ndarray]:
+    """Online learning, one horizon of ``n_envs`` fresh customers at a time, validated
+    like the RL learners every ``validation_every`` horizons."""
+    policy = BANDIT_ALGOS[config.algo](scenario, seed=config.seed, **config.bandit_kwargs)
+    n_customers = min(config.n_envs, config.steps)
+    horizon = scenario.horizon_weeks
+    total_weeks = max(1, config.steps // n_customers)
+    curve = [(0, validation_value(policy, scenario, config))]
+    done = 0
+    for index in range(-(-total_weeks // horizon)):
+        weeks = min(horizon, total_weeks - index * horizon)
+        # A distinct population per horizon, derived from the training seed.
+        seed = int(np.random.SeedSequence([config.seed, index]).generate_state(1)[0])
+        train_bandit(policy, scenario, n_customers=n_customers, weeks=weeks, seed=seed)
+        done += weeks * n_customers
+        if (index + 1) % config.validation_every == 0 or done >= total_weeks * n_customers:
+            curve.append((done, validation_value(policy, scenario, config)))
+    steps = np.array([s for s, _ in curve], dtype=np.int64)
+    return policy, steps, np.array([v for _, v in curve])
+
+
+def _train_rl(
+    config: TrainConfig, scenario: Scenario, out: Path | None, progress_bar: bool
+) -> tuple[Policy, np.ndarray, np.ndarray]:
+    import torch
+    from stable_baselines3.common.utils import set_random_seed
+
+    torch.set_num_threads(config.torch_threads)
+    set_random_seed(config.seed)
+    env = make_training_env(config, scenario)
+    tensorboard = str(out / "tensorboard") if out is not None else None
+    model = build_model(config, env, tensorboard)
+    curve: list[tuple[int, float]] = []
+    model.learn(
+        total_timesteps=config.steps,
+        callback=_curve_callback(curve, scenario, config),
+        progress_bar=progress_bar,
+        tb_log_name=config.algo,
+    )
+    if out is not None:
+        model.save(out / "sb3_model.zip")
+    policy = MLPPolicy.from_sb3(model, scenario, name=config.algo)
+    env.close()
+    steps = np.array([s for s, _ in curve], dtype=np.int64)
+    values = np.array([v for _, v in curve])
+    return policy, steps, values
+
+
+def _write_run(result: TrainResult, scenario: Scenario) -> None:
+    out = result.out
+    assert out is not None
+    config = asdict(result.config)
+    metrics = {
+        "train_seconds": round(result.seconds, 2),
+        "env_steps": int(result.config.steps),
+        "final_train_value_per_customer": (
+            float(result.curve_values[-1]) if len(result.curve_values) else None
+        ),
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    with (out / "learning_curve.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["env_steps", "value_per_customer"])
+        writer.writerows(
+            zip(result.curve_steps.tolist(), result.curve_values.tolist(), strict=True)
+        )
+    save_bundle(
+        result.policy,
+        out / "bundle",
+        algo=result.config.algo,
+        training_config=config,
+        metrics=metrics,
+    )
+
+
+def load_learning_curve(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(env_steps, value per customer) written by :func:`train`."""
+    path = Path(run_dir) / "learning_curve.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no learning curve (is this a `cvm train` run directory?)")
+    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    return data[:, 0].astype(np.int64), data[:, 1]

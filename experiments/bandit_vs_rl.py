@@ -1,0 +1,204 @@
+"""Which policy creates the most long-run customer value on the default scenario?
+
+No contact, uniform random, the rule-based campaign, the greedy one-step uplift model, the
+contextual bandits (LinUCB, linear Thompson sampling) and long-run RL (MaskablePPO; PPO with
+``--rl maskable_ppo ppo``), against the oracle that sees the latent state.
+
+Every learner is trained once per seed ``k`` (training populations drawn from seed ``k``)
+and evaluated on the held-out population of seed ``1000 + k``, the same population every
+other policy meets for that seed: the 95 % intervals over seeds include the training
+randomness, and lifts are paired by population.
+
+    .venv/bin/python experiments/bandit_vs_rl.py            # the full run (about half an hour)
+    .venv/bin/python experiments/bandit_vs_rl.py --quick    # a smoke run in about a minute
+
+Writes ``experiments/results/<run name>.{json,md}`` and PNG plots next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from cvm_rl.cli import write_evaluation_plots
+from cvm_rl.evaluation import PolicyResult, evaluate_policies, format_table, results_to_dict
+from cvm_rl.plots import plot_learning_curves
+from cvm_rl.policies import NoContactPolicy, Policy, RandomPolicy, RuleBasedPolicy
+from cvm_rl.policies.greedy import GreedyUpliftPolicy
+from cvm_rl.policies.oracle import OraclePolicy
+from cvm_rl.training import TrainConfig, train
+from simulator.config import load_scenario
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Args:
+    scenario: str = "default"
+    seeds: int = 5
+    """Training seeds 0..seeds-1; held-out evaluation seeds 1000..1000+seeds-1."""
+    eval_customers: int = 20_000
+    bandits: list[str] = field(default_factory=lambda: ["linucb", "lints"])
+    bandit_steps: int = 2_080_000
+    """Customer-weeks of online bandit learning (10k customers x 4 horizons)."""
+    rl: list[str] = field(default_factory=lambda: ["maskable_ppo"])
+    rl_steps: int = 8_000_000
+    greedy_customers: int = 20_000
+    """Customers in the logged randomized campaign the greedy uplift model is fitted on."""
+    quick: bool = False
+    out: Path = RESULTS
+
+    @property
+    def run_name(self) -> str:
+        rl = "+".join(self.rl) or "no-rl"
+        tag = "quick" if self.quick else f"{self.rl_steps // 1_000_000}M"
+        return f"bandit_vs_rl__{self.scenario}__{rl}-{tag}__{self.seeds}seeds"
+
+
+def parse_args() -> Args:
+    defaults = Args()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", default=defaults.scenario)
+    parser.add_argument("--seeds", type=int, default=defaults.seeds)
+    parser.add_argument("--eval-customers", type=int, default=defaults.eval_customers)
+    parser.add_argument("--bandits", nargs="*", default=defaults.bandits)
+    parser.add_argument("--bandit-steps", type=int, default=defaults.bandit_steps)
+    parser.add_argument("--rl", nargs="*", default=defaults.rl)
+    parser.add_argument("--rl-steps", type=int, default=defaults.rl_steps)
+    parser.add_argument("--greedy-customers", type=int, default=defaults.greedy_customers)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
+    parser.add_argument("--out", type=Path, default=defaults.out)
+    args = Args(**vars(parser.parse_args()))
+    if args.quick:
+        args = replace(
+            args, seeds=2, eval_customers=2_000, bandit_steps=104_000, rl_steps=106_496,
+            greedy_customers=2_000,
+        )
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    scenario = load_scenario(args.scenario)
+    train_seeds = list(range(args.seeds))
+    eval_seeds = [1000 + s for s in train_seeds]
+    print(f"run {args.run_name}: train seeds {train_seeds}, held-out seeds {eval_seeds}")
+    started = time.perf_counter()
+
+    learned: dict[str, list[Policy]] = {}
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    train_seconds: dict[str, list[float]] = {}
+    learners = [(a, args.bandit_steps) for a in args.bandits] + [(a, args.rl_steps) for a in args.rl]
+    for algo, steps in learners:
+        for seed in train_seeds:
+            config = TrainConfig(algo=algo, scenario=args.scenario, seed=seed, steps=steps)
+            if algo in args.bandits:
+                config.n_envs = 10_000 if not args.quick else 2_000
+            elif args.quick:
+                config.n_envs = 1024
+            result = train(config)
+            learned.setdefault(algo, []).append(result.policy)
+            curves.setdefault(algo, []).append((result.curve_steps, result.curve_values))
+            train_seconds.setdefault(algo, []).append(round(result.seconds, 1))
+            print(f"  trained {algo} seed {seed}: {result.seconds:.0f} s", flush=True)
+    greedy = [
+        GreedyUpliftPolicy.fit_from_simulation(
+            scenario, n_customers=args.greedy_customers, seed=seed
+        )
+        for seed in train_seeds
+    ]
+    policies: list[Policy | list[Policy]] = [
+        NoContactPolicy(scenario),
+        RandomPolicy(scenario),
+        RuleBasedPolicy(scenario),
+        greedy,
+        *learned.values(),
+        OraclePolicy(scenario),
+    ]
+    results = evaluate_policies(
+        policies, scenario, n_customers=args.eval_customers, seeds=eval_seeds
+    )
+    table = format_table(results)
+    print(table)
+    headline = headline_checks(results, args)
+    for line in headline:
+        print(line)
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_evaluation_plots(results, out / args.run_name)
+    references = {r.policy: r.mean("value") for r in results if r.policy in ("rules", "oracle")}
+    plots.append(
+        plot_learning_curves(
+            curves,
+            out / args.run_name / "learning_curves.png",
+            title=f"Training on '{args.scenario}' ({args.seeds} seeds, band = min-max)",
+            references=references,
+        )
+    )
+    payload = {
+        "run_name": args.run_name,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
+        "train_seeds": train_seeds,
+        "eval_seeds": eval_seeds,
+        "train_seconds": train_seconds,
+        "curves": {
+            algo: [{"steps": s.tolist(), "value": v.tolist()} for s, v in runs]
+            for algo, runs in curves.items()
+        },
+        "headline": headline,
+        "total_seconds": round(time.perf_counter() - started, 1),
+        **results_to_dict(results),
+    }
+    (out / f"{args.run_name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    command = "experiments/bandit_vs_rl.py" + (" --quick" if args.quick else "")
+    (out / f"{args.run_name}.md").write_text(
+        f"# {args.run_name}\n\n`.venv/bin/python {command}` on scenario '{args.scenario}': "
+        f"{args.eval_customers} held-out customers x {scenario.horizon_weeks} weeks per seed, "
+        f"training seeds {train_seeds}, held-out seeds {eval_seeds}; value = net margin per "
+        f"customer over the horizon; intervals are 95 % over seeds.\n\n{table}\n\n"
+        + "\n".join(f"- {line}" for line in headline)
+        + "\n\nPlots: "
+        + ", ".join(f"[{p.name}]({args.run_name}/{p.name})" for p in plots)
+        + f"\n\nTotal time {payload['total_seconds']} s.\n"
+    )
+    print(f"wrote {out / args.run_name}.{{json,md}} and {len(plots)} plots")
+
+
+def headline_checks(results: list[PolicyResult], args: Args) -> list[str]:
+    """The issue's headline, checked rather than asserted: does the best RL policy beat the
+    best myopic learner and the rules with non-overlapping intervals, without more opt-outs
+    than the rules?"""
+    by_name = {r.policy: r for r in results}
+    rl = [by_name[a] for a in args.rl if a in by_name]
+    myopic = [by_name[a] for a in [*args.bandits, "greedy"] if a in by_name]
+    if not rl or "rules" not in by_name:
+        return ["headline: needs an RL policy and the rules"]
+    best_rl = max(rl, key=lambda r: r.mean("value"))
+    rivals = [by_name["rules"]]
+    if myopic:
+        rivals.append(max(myopic, key=lambda r: r.mean("value")))
+    lines = []
+    for rival in rivals:
+        lift, low, high = best_rl.lift_interval(rival)
+        separate = best_rl.interval("value")[0] > rival.interval("value")[1]
+        lines.append(
+            f"{best_rl.policy} vs {rival.policy}: {lift:+.3f} per customer, paired 95% CI "
+            f"[{low:+.3f}, {high:+.3f}]; value intervals "
+            f"{'do not overlap' if separate else 'OVERLAP'}"
+        )
+    rl_opt, rules_opt = best_rl.mean("opt_out_rate"), by_name["rules"].mean("opt_out_rate")
+    lines.append(
+        f"opt-out rate: {best_rl.policy} {rl_opt:.3f} vs rules {rules_opt:.3f} "
+        f"({'not above' if rl_opt <= rules_opt else 'ABOVE'} the rules')"
+    )
+    return lines
+
+
+if __name__ == "__main__":
+    main()
