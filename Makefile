@@ -36,6 +36,8 @@ type: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.simulator
+	$(BIN)/python -m bench.training
+	$(BIN)/python -m bench.policies
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

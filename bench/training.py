@@ -14,14 +14,16 @@ n_steps, batch size, epochs, network, seed) on the same observations and rewards
   SB3's ``Monitor`` (the episode returns the native env reports itself), under the same
   reward-only ``VecNormalize``.
 
-So any difference comes from the environment. Each run does ``warmup + iterations`` PPO
-iterations (one rollout of ``n_envs * n_steps`` customer-weeks, then ``n_epochs`` of updates);
-figures are medians over the timed iterations. ``env`` is the time inside the env's ``step``
-(and ``env_method``, which MaskablePPO calls for the action masks), ``rollout`` is all of
-``collect_rollouts`` (env plus the policy's forward passes and the buffer), ``learn`` is
-``train``. Torch runs on one thread (faster than two on a shared 2-core machine); for the
-record the native env is also measured with two threads, for the first algorithm at the
-smallest ``n_envs`` only (two threads fighting other jobs for two cores is very slow).
+So any difference comes from the environment. Each run does ``warmup`` PPO iterations (one
+rollout of ``n_envs * n_steps`` customer-weeks, then ``n_epochs`` of updates) and then at
+least ``iterations``, more for small ``n_envs`` so that at least ``min_steps`` are timed
+(short iterations are noisy on a shared machine); figures are medians over the timed ones.
+``env`` is the time inside the env's ``step`` (and ``env_method``, which MaskablePPO calls for
+the action masks), ``rollout`` is all of ``collect_rollouts`` (env plus the policy's forward
+passes and the buffer), ``learn`` is ``train``. Torch runs on one thread (faster than two on
+a shared 2-core machine); for the record the native env is also measured with two threads,
+for the first algorithm at the smallest ``n_envs`` only (two threads fighting other jobs for
+two cores is very slow).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Args:
     n_envs: list[int] = field(default_factory=lambda: [64, 1024])
     algos: list[str] = field(default_factory=lambda: ["ppo", "maskable_ppo"])
     iterations: int = 3
+    min_steps: int = 30_000
     warmup: int = 1
     two_threads: bool = True
     seed: int = 0
@@ -159,6 +162,7 @@ def main() -> None:
     parser.add_argument("--n-envs", type=int, nargs="+", default=Args().n_envs)
     parser.add_argument("--algos", nargs="+", choices=["ppo", "maskable_ppo"], default=Args().algos)
     parser.add_argument("--iterations", type=int, default=Args.iterations)
+    parser.add_argument("--min-steps", type=int, default=Args.min_steps)
     parser.add_argument("--warmup", type=int, default=Args.warmup)
     parser.add_argument(
         "--two-threads", action=argparse.BooleanOptionalAction, default=Args.two_threads
@@ -182,10 +186,16 @@ def main() -> None:
                 runs.append(("native", 2))  # once: slow when the cores are busy
             for env_kind, threads in runs:
                 make = make_training_env if env_kind == "native" else make_dummy_env
+                # Two threads are measured for the record only: the minimum keeps them cheap.
+                iterations = args.iterations
+                if threads == 1:
+                    iterations = max(iterations, -(-args.min_steps // (n * config.n_steps)))
                 env = make(config, scenario)
-                result = measure(config, env, args.iterations, args.warmup, threads)
+                result = measure(config, env, iterations, args.warmup, threads)
                 rows.append(
-                    {"algo": algo, "n_envs": n, "env": env_kind, "torch_threads": threads} | result
+                    {"algo": algo, "n_envs": n, "env": env_kind, "torch_threads": threads}
+                    | {"iterations": iterations}
+                    | result
                 )
     machine = machine_before | {"loadavg_1_5_15_after": list(machine_info()["loadavg_1_5_15"])}
 
@@ -207,7 +217,8 @@ def main() -> None:
     print(
         f"PPO iterations: n_steps {config.n_steps}, n_epochs {config.n_epochs}, "
         f"batch min({config.batch_size}, n_envs*n_steps), net {config.net_arch}; "
-        f"median of {args.iterations} after {args.warmup} warm-up; "
+        f"median of >= {args.iterations} iterations and >= {args.min_steps:,} steps after "
+        f"{args.warmup} warm-up; "
         f"load average {machine['loadavg_1_5_15']} -> {machine['loadavg_1_5_15_after']}"
     )
     print(
@@ -239,6 +250,7 @@ def main() -> None:
                     "batch_size": f"min({config.batch_size}, n_envs * n_steps)",
                     "net_arch": config.net_arch,
                     "iterations": args.iterations,
+                    "min_steps": args.min_steps,
                     "warmup": args.warmup,
                 },
                 "runs": rows,

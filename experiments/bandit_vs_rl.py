@@ -12,7 +12,8 @@ randomness, and lifts are paired by population.
     .venv/bin/python experiments/bandit_vs_rl.py            # the full run (about half an hour)
     .venv/bin/python experiments/bandit_vs_rl.py --quick    # a smoke run in about a minute
 
-Writes ``experiments/results/<run name>.{json,md}`` and PNG plots next to them.
+Writes ``experiments/results/<run name>.{json,md}`` and PNG plots next to them; the trained
+bundles go to ``runs/experiments/<run name>/<algo>-seed<k>/`` (``robustness.py`` reads them).
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ from cvm_rl.training import TrainConfig, train
 from simulator.config import load_scenario
 
 RESULTS = Path(__file__).parent / "results"
+RUNS = Path(__file__).parents[1] / "runs" / "experiments"
+"""Run directories (bundles, TensorBoard logs) of the trained learners; not committed."""
+
+
+def runs_dir(run_name: str) -> Path:
+    return RUNS / run_name
 
 
 @dataclass
@@ -76,7 +83,11 @@ def parse_args() -> Args:
     args = Args(**vars(parser.parse_args()))
     if args.quick:
         args = replace(
-            args, seeds=2, eval_customers=2_000, bandit_steps=104_000, rl_steps=106_496,
+            args,
+            seeds=2,
+            eval_customers=2_000,
+            bandit_steps=104_000,
+            rl_steps=106_496,
             greedy_customers=2_000,
         )
     return args
@@ -93,7 +104,8 @@ def main() -> None:
     learned: dict[str, list[Policy]] = {}
     curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     train_seconds: dict[str, list[float]] = {}
-    learners = [(a, args.bandit_steps) for a in args.bandits] + [(a, args.rl_steps) for a in args.rl]
+    learners = [(a, args.bandit_steps) for a in args.bandits]
+    learners += [(a, args.rl_steps) for a in args.rl]
     for algo, steps in learners:
         for seed in train_seeds:
             config = TrainConfig(algo=algo, scenario=args.scenario, seed=seed, steps=steps)
@@ -101,7 +113,7 @@ def main() -> None:
                 config.n_envs = 10_000 if not args.quick else 2_000
             elif args.quick:
                 config.n_envs = 1024
-            result = train(config)
+            result = train(config, runs_dir(args.run_name) / f"{algo}-seed{seed}")
             learned.setdefault(algo, []).append(result.policy)
             curves.setdefault(algo, []).append((result.curve_steps, result.curve_values))
             train_seconds.setdefault(algo, []).append(round(result.seconds, 1))

@@ -56,26 +56,34 @@ class OraclePolicy(Policy):
             raise ValueError("oracle: bind(population) before asking for actions")
         if pop.n != len(obs):
             raise ValueError(f"obs: {len(obs)} rows but the bound population has {pop.n}")
-        value = self.expected_values(pop)
-        gain = np.where(mask, value - value[:, :1], -np.inf)
-        best = np.argmax(gain, axis=1)
-        best[gain[np.arange(len(best)), best] <= self.min_gain] = 0
+        best = np.zeros(len(obs), dtype=np.int64)
+        # Only customers with an eligible contact need planning (others: no contact).
+        rows = np.flatnonzero(mask[:, 1:].any(axis=1))
+        if rows.size:
+            value = self.expected_values(pop, rows)
+            gain = np.where(mask[rows], value - value[:, :1], -np.inf)
+            choice = np.argmax(gain, axis=1)
+            choice[gain[np.arange(rows.size), choice] <= self.min_gain] = 0
+            best[rows] = choice
         return one_hot(best, self.n_actions)
 
-    def expected_values(self, pop: Population) -> np.ndarray:
-        """(N, A) expected net value to the horizon of each action now, no contact after."""
+    def expected_values(self, pop: Population, rows: np.ndarray | None = None) -> np.ndarray:
+        """(N, A) expected net value to the horizon of each action now, no contact after
+        (for the customers ``rows`` only, in that order, when given)."""
         tb, sc = pop.tables, self.scenario
         pm = sc.purchase
-        n = pop.n
+        rows = np.arange(pop.n) if rows is None else np.asarray(rows)
+        n = rows.size
         remaining = sc.horizon_weeks - pop.week
         if remaining <= 0:
             return np.zeros((n, tb.n_actions))
-        seg = pop.segment.astype(np.int64)
+        seg = pop.segment[rows].astype(np.int64)
+        lam, p_drop, nu = pop.lam[rows], pop.p_drop[rows], pop.nu[rows]
         actions = np.arange(tb.n_actions)
         contacted = actions > 0
         ch = np.maximum(tb.action_channel, 0)
         # (N, A) uplift this week, damped by the fatigue of the action's channel.
-        fatigue = pop.fatigue.astype(np.float64)[:, ch]
+        fatigue = pop.fatigue[rows].astype(np.float64)[:, ch]
         lift = (
             tb.action_base_lift[None, :]
             * tb.segment_sensitivity[seg, None]
@@ -83,25 +91,27 @@ class OraclePolicy(Policy):
             * np.exp(-tb.channel_fatigue_sens[ch][None, :] * fatigue)
         )
         lift[:, ~contacted] = 0.0
-        present = pop.present[:, None]
-        alive = pop.alive[:, None].astype(np.float64)
+        present = pop.present[rows, None]
+        alive = pop.alive[rows, None].astype(np.float64)
         dog = tb.segment_contact_churn[seg, None] * contacted[None, :]
         p_back = pm.reactivation_prob * (1.0 + pm.winback_response * lift)
         survive = alive * (1.0 - dog) + (1.0 - alive) * np.minimum(p_back, 1.0)
         # Retention bonus: a fresh one replaces whatever was running.
         gets_bonus = tb.action_retention_weeks > 0
-        ret_left = np.where(gets_bonus[None, :], tb.action_retention_weeks[None, :],
-                            pop.retention_left[:, None]).astype(np.float64)
-        ret_mult = np.where(gets_bonus[None, :], tb.action_retention_mult[None, :],
-                            pop.retention_mult[:, None])
-        spend = (pm.spend_p / pop.nu)[:, None]
-        bought = pop.purchased_ever[:, None].astype(np.float64)
-        debt = np.broadcast_to(pop.pf_debt[:, None], (n, tb.n_actions)).copy()
+        ret_left = np.where(
+            gets_bonus[None, :], tb.action_retention_weeks[None, :], pop.retention_left[rows, None]
+        ).astype(np.float64)
+        ret_mult = np.where(
+            gets_bonus[None, :], tb.action_retention_mult[None, :], pop.retention_mult[rows, None]
+        )
+        spend = (pm.spend_p / nu)[:, None]
+        bought = pop.purchased_ever[rows, None].astype(np.float64)
+        debt = np.broadcast_to(pop.pf_debt[rows, None], (n, tb.n_actions)).copy()
         conv = sc.acquisition.prospect_conversion
         total = -np.broadcast_to(tb.action_contact_cost[None, :], (n, tb.n_actions)).copy()
         for w in range(remaining):
             season = tb.season[(pop.week_of_year + w) % 52]
-            base = pop.lam[:, None] * season * (bought + (1.0 - bought) * conv)
+            base = lam[:, None] * season * (bought + (1.0 - bought) * conv)
             repay = debt * pm.pull_forward_repay
             this_lift = lift if w == 0 else 0.0
             rate = np.maximum(base * (1.0 + this_lift) - repay, 0.0) * present
@@ -115,7 +125,7 @@ class OraclePolicy(Policy):
                 debt = debt - repay
                 per_order = spend * sc.margin_rate
             total += survive * rate * per_order
-            p_eff = pop.p_drop[:, None] * np.where(ret_left > 0, ret_mult, 1.0)
+            p_eff = p_drop[:, None] * np.where(ret_left > 0, ret_mult, 1.0)
             bought_now = survive * (1.0 - np.exp(-rate))
             bought = bought + (1.0 - bought) * bought_now
             survive = survive * np.exp(-rate * p_eff) + (1.0 - survive) * (
