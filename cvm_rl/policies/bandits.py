@@ -26,36 +26,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from cvm_rl.policies.base import Policy
+from cvm_rl.policies.base import Policy, argmax_probabilities, check_number
 from cvm_rl.policies.features import FeatureTransform
 from simulator.config import Scenario
 from simulator.vector_env import CustomerLifecycleVectorEnv
 
 _CHUNK_ROWS = 2048  # rows per block in the (rows x actions x dim) computations (bounds memory)
-_TIE_RTOL = 1e-9  # scores this close (relative) to the best count as tied
-
-
-def _check_number(
-    name: str, value: float, *, low: float, strict: bool, high: float = np.inf
-) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    too_low = out <= low if strict else out < low
-    if not np.isfinite(out) or too_low or out > high:
-        bound = f"> {low}" if strict else f">= {low}"
-        allowed = f"in [{low}, {high}]" if np.isfinite(high) else f"finite and {bound}"
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return out
-
-
-def _argmax_probabilities(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """One-hot on the best eligible score, split evenly among (near-)exact ties."""
-    masked = np.where(mask, scores, -np.inf)
-    best = masked.max(axis=1, keepdims=True)
-    ties = mask & (masked >= best - _TIE_RTOL * np.maximum(1.0, np.abs(best)))
-    return ties / ties.sum(axis=1, keepdims=True)
 
 
 def _chunks(n: int) -> Iterator[slice]:
@@ -104,7 +80,7 @@ class LinearBandit(Policy):
             self.scenario = None  # type: ignore[assignment]
             self._set_schema([f"x{i}" for i in range(n_features)], int(n_actions), seed)
             self.transform = FeatureTransform.identity(int(n_features))
-        self.ridge = _check_number("ridge", ridge, low=0.0, strict=True)
+        self.ridge = check_number("ridge", ridge, low=0.0, strict=True)
         k, d = self.n_actions, self.transform.dim
         self.A = np.broadcast_to(self.ridge * np.eye(d), (k, d, d)).copy()
         self.b = np.zeros((k, d))
@@ -246,7 +222,7 @@ class LinUCBPolicy(LinearBandit):
         n_features: int | None = None,
         n_actions: int | None = None,
     ) -> None:
-        self.alpha = _check_number("alpha", alpha, low=0.0, strict=False)
+        self.alpha = check_number("alpha", alpha, low=0.0, strict=False)
         super().__init__(
             scenario, ridge=ridge, seed=seed, n_features=n_features, n_actions=n_actions
         )
@@ -259,7 +235,7 @@ class LinUCBPolicy(LinearBandit):
         scores = self.predict_mean(X)
         if self.alpha:
             scores = scores + self.alpha * self.predict_width(X)
-        return _argmax_probabilities(scores, mask)
+        return argmax_probabilities(scores, mask)
 
 
 class EpsilonGreedyPolicy(LinearBandit):
@@ -278,7 +254,7 @@ class EpsilonGreedyPolicy(LinearBandit):
         n_features: int | None = None,
         n_actions: int | None = None,
     ) -> None:
-        self.epsilon = _check_number("epsilon", epsilon, low=0.0, strict=False, high=1.0)
+        self.epsilon = check_number("epsilon", epsilon, low=0.0, strict=False, high=1.0)
         super().__init__(
             scenario, ridge=ridge, seed=seed, n_features=n_features, n_actions=n_actions
         )
@@ -287,7 +263,7 @@ class EpsilonGreedyPolicy(LinearBandit):
         return {"epsilon": self.epsilon, "ridge": self.ridge}
 
     def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        greedy = _argmax_probabilities(self.predict_mean(self.transform(obs)), mask)
+        greedy = argmax_probabilities(self.predict_mean(self.transform(obs)), mask)
         return (1.0 - self.epsilon) * greedy + self.epsilon * mask / mask.sum(axis=1, keepdims=True)
 
 
@@ -318,7 +294,7 @@ class LinTSPolicy(LinearBandit):
         n_features: int | None = None,
         n_actions: int | None = None,
     ) -> None:
-        self.v = _check_number("v", v, low=0.0, strict=True)
+        self.v = check_number("v", v, low=0.0, strict=True)
         if not isinstance(n_propensity_samples, int | np.integer) or n_propensity_samples < 1:
             raise ValueError(
                 f"n_propensity_samples must be an int >= 1, got {n_propensity_samples!r}"

@@ -9,6 +9,9 @@ import numpy as np
 from simulator.config import Scenario
 from simulator.core import observation_feature_names
 
+TIE_RTOL = 1e-9
+"""Scores this close (relative) to the best count as tied in :func:`argmax_probabilities`."""
+
 
 class Policy(ABC):
     """Maps a batch of observations and action masks to action probabilities.
@@ -67,6 +70,31 @@ class Policy(ABC):
 
     def feature(self, obs: np.ndarray, name: str) -> np.ndarray:
         return obs[:, self.feature_index[name]]
+
+
+def check_number(
+    name: str, value: float, *, low: float, strict: bool, high: float = np.inf
+) -> float:
+    """``value`` as a finite float above ``low`` (``strict``: ``> low``) and at most ``high``;
+    otherwise a ValueError naming ``name`` and the allowed range."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    too_low = out <= low if strict else out < low
+    if not np.isfinite(out) or too_low or out > high:
+        bound = f"> {low}" if strict else f">= {low}"
+        allowed = f"in [{low}, {high}]" if np.isfinite(high) else f"finite and {bound}"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return out
+
+
+def argmax_probabilities(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """One-hot on the best eligible score, split evenly among (near-)exact ties."""
+    masked = np.where(mask, scores, -np.inf)
+    best = masked.max(axis=1, keepdims=True)
+    ties = mask & (masked >= best - TIE_RTOL * np.maximum(1.0, np.abs(best)))
+    return ties / ties.sum(axis=1, keepdims=True)
 
 
 def sample_actions(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -34,8 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from cvm_rl.policies.bandits import _argmax_probabilities, _check_number
-from cvm_rl.policies.base import Policy
+from cvm_rl.policies.base import Policy, argmax_probabilities, check_number
 from cvm_rl.policies.features import FeatureTransform
 from simulator.config import Scenario, load_scenario
 from simulator.vector_env import CustomerLifecycleVectorEnv
@@ -106,7 +105,7 @@ class ExplorationPolicy(Policy):
         self, scenario: Scenario, *, no_contact_share: float = 0.5, seed: int | None = None
     ) -> None:
         super().__init__(scenario, seed=seed)
-        self.no_contact_share = _check_number(
+        self.no_contact_share = check_number(
             "no_contact_share", no_contact_share, low=0.0, strict=False, high=1.0
         )
 
@@ -204,9 +203,9 @@ class GreedyUpliftPolicy(Policy):
         seed: int | None = None,
     ) -> None:
         super().__init__(scenario, seed=seed)
-        self.ridge = _check_number("ridge", ridge, low=0.0, strict=True)
+        self.ridge = check_number("ridge", ridge, low=0.0, strict=True)
         # A negative margin would contact customers the model expects to lose money on.
-        self.margin = _check_number("margin", margin, low=0.0, strict=False)
+        self.margin = check_number("margin", margin, low=0.0, strict=False)
         self.transform = FeatureTransform.from_scenario(scenario)
         names = self.feature_names
         self._stage = [i for i, f in enumerate(names) if f.startswith("stage_")]
@@ -404,7 +403,7 @@ class GreedyUpliftPolicy(Policy):
         # Contact when it pays (or when no contact is not allowed and a fitted contact is).
         contact = np.where(mask[:, 0], best > self.margin, contacts.any(axis=1))
         probs = np.zeros(mask.shape)
-        probs[contact] = _argmax_probabilities(uplift[contact], contacts[contact])
+        probs[contact] = argmax_probabilities(uplift[contact], contacts[contact])
         probs[~contact & mask[:, 0], 0] = 1.0
         # Neither no contact nor any fitted contact is eligible: nothing to go on, uniform.
         stuck = ~contact & ~mask[:, 0]

@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cvm_rl.policies.bandits import _argmax_probabilities, _check_number
-from cvm_rl.policies.base import Policy
+from cvm_rl.policies.base import Policy, argmax_probabilities, check_number
 from cvm_rl.policies.features import FeatureTransform
 from simulator.config import Scenario
 from simulator.core import observation_feature_names
@@ -62,8 +61,8 @@ class MLPPolicy(Policy):
             raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
         self.activation = activation
         self.head = head
-        self.temperature = _check_number("temperature", temperature, low=0.0, strict=True)
-        self.epsilon = _check_number("epsilon", epsilon, low=0.0, strict=False, high=1.0)
+        self.temperature = check_number("temperature", temperature, low=0.0, strict=True)
+        self.epsilon = check_number("epsilon", epsilon, low=0.0, strict=False, high=1.0)
         if head == "logits" and self.epsilon:
             raise ValueError("epsilon: only the 'q_values' head explores with epsilon; use 0")
         if head == "q_values" and self.temperature != 1.0:
@@ -139,7 +138,7 @@ class MLPPolicy(Policy):
         if not mask.any(axis=1).all():
             raise ValueError("mask: every row needs at least one eligible action")
         if self.head == "q_values":
-            greedy = _argmax_probabilities(scores, mask)
+            greedy = argmax_probabilities(scores, mask)
             if not self.epsilon:
                 return greedy
             uniform = mask / mask.sum(axis=1, keepdims=True)

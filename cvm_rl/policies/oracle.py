@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cvm_rl.policies.base import Policy, one_hot
+from cvm_rl.policies.base import Policy, check_number, one_hot
 from simulator.config import Scenario
 from simulator.core import Population
 
@@ -40,9 +40,7 @@ class OraclePolicy(Policy):
 
     def __init__(self, scenario: Scenario, *, min_gain: float = 0.0, seed: int | None = None):
         super().__init__(scenario, seed=seed)
-        if not np.isfinite(min_gain) or min_gain < 0:
-            raise ValueError(f"min_gain must be finite and >= 0, got {min_gain!r}")
-        self.min_gain = float(min_gain)
+        self.min_gain = check_number("min_gain", min_gain, low=0.0, strict=False)
         self._population: Population | None = None
 
     def bind(self, population: Population) -> None:
