@@ -72,16 +72,16 @@ class TrainConfig:
     scenario: str = "default"
     seed: int = 0
     steps: int = 2_000_000
-    n_envs: int = 4096
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    learning_rate: float = 3e-4
+    n_envs: int = 1024
+    gamma: float = 0.97
+    gae_lambda: float = 0.9
+    learning_rate: float = 5e-4
     n_steps: int = 52
-    batch_size: int = 8192
-    n_epochs: int = 5
+    batch_size: int = 4096
+    n_epochs: int = 3
     ent_coef: float = 0.0
-    net_arch: list[int] = field(default_factory=lambda: [128, 128])
-    no_contact_prior: float = 3.0
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    no_contact_prior: float = 4.0
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     bandit_kwargs: dict[str, Any] = field(default_factory=dict)
     torch_threads: int = 1

@@ -21,18 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
+from cvm_rl.bundle import load_bundle
 from cvm_rl.cli import write_evaluation_plots
 from cvm_rl.evaluation import PolicyResult, evaluate_policies, format_table, results_to_dict
 from cvm_rl.plots import plot_learning_curves
 from cvm_rl.policies import NoContactPolicy, Policy, RandomPolicy, RuleBasedPolicy
 from cvm_rl.policies.greedy import GreedyUpliftPolicy
 from cvm_rl.policies.oracle import OraclePolicy
-from cvm_rl.training import TrainConfig, train
+from cvm_rl.training import TrainConfig, load_learning_curve, train
 from simulator.config import load_scenario
 
 RESULTS = Path(__file__).parent / "results"
@@ -57,6 +60,8 @@ class Args:
     rl_steps: int = 8_000_000
     greedy_customers: int = 20_000
     """Customers in the logged randomized campaign the greedy uplift model is fitted on."""
+    workers: int = 2
+    """Training processes run at once (one torch thread each)."""
     quick: bool = False
     out: Path = RESULTS
 
@@ -78,6 +83,7 @@ def parse_args() -> Args:
     parser.add_argument("--rl", nargs="*", default=defaults.rl)
     parser.add_argument("--rl-steps", type=int, default=defaults.rl_steps)
     parser.add_argument("--greedy-customers", type=int, default=defaults.greedy_customers)
+    parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
     parser.add_argument("--out", type=Path, default=defaults.out)
     args = Args(**vars(parser.parse_args()))
@@ -101,23 +107,25 @@ def main() -> None:
     print(f"run {args.run_name}: train seeds {train_seeds}, held-out seeds {eval_seeds}")
     started = time.perf_counter()
 
+    jobs = []
+    for algo in [*args.bandits, *args.rl]:
+        for seed in train_seeds:
+            config = TrainConfig(algo=algo, scenario=args.scenario, seed=seed)
+            config.steps = args.bandit_steps if algo in args.bandits else args.rl_steps
+            if algo in args.bandits:
+                config.n_envs = 2_000 if args.quick else 10_000
+            jobs.append((config, runs_dir(args.run_name) / f"{algo}-seed{seed}"))
+    # Independent runs, one torch thread each: a process per core trains two at once.
+    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+        done = list(pool.map(train_job, jobs))
     learned: dict[str, list[Policy]] = {}
     curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     train_seconds: dict[str, list[float]] = {}
-    learners = [(a, args.bandit_steps) for a in args.bandits]
-    learners += [(a, args.rl_steps) for a in args.rl]
-    for algo, steps in learners:
-        for seed in train_seeds:
-            config = TrainConfig(algo=algo, scenario=args.scenario, seed=seed, steps=steps)
-            if algo in args.bandits:
-                config.n_envs = 10_000 if not args.quick else 2_000
-            elif args.quick:
-                config.n_envs = 1024
-            result = train(config, runs_dir(args.run_name) / f"{algo}-seed{seed}")
-            learned.setdefault(algo, []).append(result.policy)
-            curves.setdefault(algo, []).append((result.curve_steps, result.curve_values))
-            train_seconds.setdefault(algo, []).append(round(result.seconds, 1))
-            print(f"  trained {algo} seed {seed}: {result.seconds:.0f} s", flush=True)
+    for (config, run), seconds in zip(jobs, done, strict=True):
+        # Evaluate what was saved: the bundle a server would load, not the live object.
+        learned.setdefault(config.algo, []).append(load_bundle(run / "bundle").policy)
+        curves.setdefault(config.algo, []).append(load_learning_curve(run))
+        train_seconds.setdefault(config.algo, []).append(round(seconds, 1))
     greedy = [
         GreedyUpliftPolicy.fit_from_simulation(
             scenario, n_customers=args.greedy_customers, seed=seed
@@ -149,7 +157,7 @@ def main() -> None:
         plot_learning_curves(
             curves,
             out / args.run_name / "learning_curves.png",
-            title=f"Training on '{args.scenario}' ({args.seeds} seeds, band = min-max)",
+            title=f"Training on '{args.scenario}': validation value ({args.seeds} seeds)",
             references=references,
         )
     )
@@ -180,6 +188,13 @@ def main() -> None:
         + f"\n\nTotal time {payload['total_seconds']} s.\n"
     )
     print(f"wrote {out / args.run_name}.{{json,md}} and {len(plots)} plots")
+
+
+def train_job(job: tuple[TrainConfig, Path]) -> float:
+    config, run = job
+    result = train(config, run)
+    print(f"  trained {config.algo} seed {config.seed}: {result.seconds:.0f} s", flush=True)
+    return result.seconds
 
 
 def headline_checks(results: list[PolicyResult], args: Args) -> list[str]:
