@@ -85,7 +85,7 @@ class TrainConfig:
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     bandit_kwargs: dict[str, Any] = field(default_factory=dict)
     torch_threads: int = 1
-    validation_customers: int = 5_000
+    validation_customers: int = 10_000
     validation_every: int = 5
 
     def validate(self) -> None:

@@ -7,6 +7,7 @@ of taking that action now and contacting nobody afterwards, using the true laten
 (purchase rate, dropout probability, spend rate, alive, fatigue, pull-forward debt, retention
 bonus) and the simulator's own equations in expectation:
 
+* future arrivals join in their week with a forced first purchase, as in the kernel;
 * this week: contact cost; sleeping-dog churn and win-back of dropped-out customers; uplift
   damped by the channel's fatigue; the discount and per-order cost paid on *every* purchase
   of the week (bought-anyway ones included); pull-forward debt added; a retention bonus set;
@@ -89,7 +90,9 @@ class OraclePolicy(Policy):
             * np.exp(-tb.channel_fatigue_sens[ch][None, :] * fatigue)
         )
         lift[:, ~contacted] = 0.0
-        present = pop.present[rows, None]
+        present = pop.present[rows]
+        # Weeks from now until a future arrival joins (with a forced first purchase).
+        arrives_in = np.where(present, -1, pop.arrival_week[rows] - pop.week)[:, None]
         alive = pop.alive[rows, None].astype(np.float64)
         dog = tb.segment_contact_churn[seg, None] * contacted[None, :]
         p_back = pm.reactivation_prob * (1.0 + pm.winback_response * lift)
@@ -112,7 +115,10 @@ class OraclePolicy(Policy):
             base = lam[:, None] * season * (bought + (1.0 - bought) * conv)
             repay = debt * pm.pull_forward_repay
             this_lift = lift if w == 0 else 0.0
-            rate = np.maximum(base * (1.0 + this_lift) - repay, 0.0) * present
+            rate = np.maximum(base * (1.0 + this_lift) - repay, 0.0) * (arrives_in <= w)
+            arriving = arrives_in == w
+            # An arrival buys at least once: E[max(K, 1)] = rate + P(K = 0).
+            orders = np.where(arriving, rate + np.exp(-rate), rate)
             if w == 0:
                 debt = debt + tb.action_pull_forward[None, :] * base * lift - repay
                 per_order = (
@@ -122,12 +128,12 @@ class OraclePolicy(Policy):
             else:
                 debt = debt - repay
                 per_order = spend * sc.margin_rate
-            total += survive * rate * per_order
+            total += survive * orders * per_order
             p_eff = p_drop[:, None] * np.where(ret_left > 0, ret_mult, 1.0)
-            bought_now = survive * (1.0 - np.exp(-rate))
+            bought_now = np.where(arriving, 1.0, survive * (1.0 - np.exp(-rate)))
             bought = bought + (1.0 - bought) * bought_now
             survive = survive * np.exp(-rate * p_eff) + (1.0 - survive) * (
-                pm.reactivation_prob * present
+                pm.reactivation_prob * (arrives_in <= w)
             )
             ret_left = np.maximum(ret_left - 1.0, 0.0)
         return total
