@@ -73,8 +73,8 @@ class TrainConfig:
     seed: int = 0
     steps: int = 2_000_000
     n_envs: int = 1024
-    gamma: float = 0.97
-    gae_lambda: float = 0.9
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
     learning_rate: float = 5e-4
     n_steps: int = 52
     batch_size: int = 4096

@@ -57,7 +57,7 @@ class Args:
     bandit_steps: int = 2_080_000
     """Customer-weeks of online bandit learning (10k customers x 4 horizons)."""
     rl: list[str] = field(default_factory=lambda: ["maskable_ppo"])
-    rl_steps: int = 8_000_000
+    rl_steps: int = 16_000_000
     greedy_customers: int = 20_000
     """Customers in the logged randomized campaign the greedy uplift model is fitted on."""
     workers: int = 2
@@ -108,7 +108,8 @@ def main() -> None:
     started = time.perf_counter()
 
     jobs = []
-    for algo in [*args.bandits, *args.rl]:
+    # Long RL runs first, so the short bandit runs fill the last free core.
+    for algo in [*args.rl, *args.bandits]:
         for seed in train_seeds:
             config = TrainConfig(algo=algo, scenario=args.scenario, seed=seed)
             config.steps = args.bandit_steps if algo in args.bandits else args.rl_steps

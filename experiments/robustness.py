@@ -33,7 +33,7 @@ RUNS = Path(__file__).parents[1] / "runs" / "experiments"
 
 @dataclass
 class Args:
-    source_run: str = "bandit_vs_rl__default__maskable_ppo-20M__5seeds"
+    source_run: str = "bandit_vs_rl__default__maskable_ppo-16M__5seeds"
     """Run name of ``bandit_vs_rl.py`` whose bundles to evaluate."""
     seeds: int = 5
     eval_customers: int = 20_000
