@@ -101,13 +101,7 @@ class LinearBandit(Policy):
 
     def features(self, obs: np.ndarray) -> np.ndarray:
         """Validated (N, d) design matrix for ``obs``."""
-        obs = np.asarray(obs, dtype=np.float64)
-        n_feat = len(self.feature_names)
-        if obs.ndim != 2 or obs.shape[1] != n_feat:
-            raise ValueError(f"obs must have shape (N, {n_feat}), got {obs.shape}")
-        if not np.isfinite(obs).all():
-            raise ValueError("obs must be finite (found NaN or inf)")
-        return self.transform(obs)
+        return self.transform(self.check_obs(obs, np.float64))
 
     def predict_mean(self, X: np.ndarray) -> np.ndarray:
         """(N, K) ridge estimates ``theta_a^T x`` for a design matrix ``X``."""

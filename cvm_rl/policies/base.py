@@ -51,11 +51,18 @@ class Policy(ABC):
         actions = sample_actions(probs, self.rng)
         return actions, probs[np.arange(len(actions)), actions]
 
-    def check_batch(self, obs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        obs = np.asarray(obs, dtype=np.float32)
-        mask = np.asarray(mask)
+    def check_obs(self, obs: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        """``obs`` as an (N, n_features) finite array of ``dtype``, or a ValueError naming it."""
+        obs = np.asarray(obs, dtype=dtype)
         if obs.ndim != 2 or obs.shape[1] != len(self.feature_names):
             raise ValueError(f"obs must have shape (N, {len(self.feature_names)}), got {obs.shape}")
+        if not np.isfinite(obs).all():
+            raise ValueError("obs must be finite (found NaN or inf)")
+        return obs
+
+    def check_batch(self, obs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        obs = self.check_obs(obs)
+        mask = np.asarray(mask)
         if mask.shape != (obs.shape[0], self.n_actions):
             raise ValueError(
                 f"mask must have shape ({obs.shape[0]}, {self.n_actions}), got {mask.shape}"
@@ -64,8 +71,6 @@ class Policy(ABC):
             raise ValueError(f"mask must be boolean, got dtype {mask.dtype}")
         if not mask.any(axis=1).all():
             raise ValueError("mask: every row needs at least one eligible action")
-        if not np.isfinite(obs).all():
-            raise ValueError("obs must be finite (found NaN or inf)")
         return obs, mask
 
     def feature(self, obs: np.ndarray, name: str) -> np.ndarray:

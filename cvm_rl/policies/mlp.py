@@ -109,12 +109,7 @@ class MLPPolicy(Policy):
     # ----------------------------------------------------------------- inference
     def scores(self, obs: np.ndarray) -> np.ndarray:
         """(N, A) raw network outputs (logits or Q-values) for raw observations, unmasked."""
-        obs = np.asarray(obs, dtype=np.float64)
-        n_feat = len(self.feature_names)
-        if obs.ndim != 2 or obs.shape[1] != n_feat:
-            raise ValueError(f"obs must have shape (N, {n_feat}), got {obs.shape}")
-        if not np.isfinite(obs).all():
-            raise ValueError("obs must be finite (found NaN or inf)")
+        obs = self.check_obs(obs, np.float64)
         # float32 throughout, like the torch network it came from.
         h = self.transform.scaled(obs).astype(np.float32)
         last = len(self.weights) - 1
