@@ -46,6 +46,7 @@ TRAIN_OPTIONS: tuple[str, ...] = (
     "batch_size",
     "net_arch",
     "no_contact_prior",
+    "optout_cost",
 )
 DEMO_PPO_STEPS = 3_000_000
 
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=_positive_int)
     tr.add_argument("--net-arch", type=_widths, help="hidden layer widths, e.g. 128,128")
     tr.add_argument("--no-contact-prior", type=float, help="initial logit bonus of no contact")
+    tr.add_argument("--optout-cost", type=float, help="training-reward charge per opt-out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=_run_train)
 

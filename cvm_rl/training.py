@@ -65,7 +65,9 @@ class TrainConfig:
     hyperparameters apply to the SB3 learners; ``policy_kwargs`` passes through to SB3.
     ``no_contact_prior`` adds that much to the initial logit of "no contact": a fresh policy
     then starts near the do-nothing campaign instead of contacting at random, which otherwise
-    costs a long stretch of training to unlearn.
+    costs a long stretch of training to unlearn. ``optout_cost`` is charged in the RL
+    training reward for every opt-out: a lost permission costs contacts beyond the horizon
+    that the horizon's value cannot see (evaluation never includes it).
     """
 
     algo: str = "maskable_ppo"
@@ -82,6 +84,7 @@ class TrainConfig:
     ent_coef: float = 0.0
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     no_contact_prior: float = 4.0
+    optout_cost: float = 0.0
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
     bandit_kwargs: dict[str, Any] = field(default_factory=dict)
     torch_threads: int = 1
@@ -113,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if self.ent_coef < 0:
             raise ValueError(f"ent_coef must be >= 0, got {self.ent_coef!r}")
+        if not self.optout_cost >= 0:
+            raise ValueError(f"optout_cost must be >= 0, got {self.optout_cost!r}")
         if not self.net_arch or any(int(w) < 1 for w in self.net_arch):
             raise ValueError(f"net_arch must list positive layer widths, got {self.net_arch!r}")
 
@@ -138,11 +143,12 @@ def _vec_env_wrapper() -> type:
         """Applies the fixed :class:`FeatureTransform` to observations (also the
         ``terminal_observation`` SB3 bootstraps from) and passes the action masks through."""
 
-        def __init__(self, venv: Any, transform: FeatureTransform) -> None:
+        def __init__(self, venv: Any, transform: FeatureTransform, optout_cost: float) -> None:
             dim = venv.observation_space.shape[0]
             space = gym.spaces.Box(-1.0, 1.0, (dim,), np.float32)
             super().__init__(venv, observation_space=space)
             self.transform = transform
+            self.optout_cost = optout_cost
 
         def _scale(self, obs: Any) -> np.ndarray:
             return self.transform.scaled(obs).astype(np.float32)
@@ -152,11 +158,13 @@ def _vec_env_wrapper() -> type:
 
         def step_wait(self) -> Any:
             obs, reward, done, infos = self.venv.step_wait()
+            if self.optout_cost:
+                venv: Any = self.venv
+                reward = reward - self.optout_cost * venv.last_info["opted_out"]
             for info in infos:
                 if "terminal_observation" in info:
-                    info["terminal_observation"] = self._scale(info["terminal_observation"][None])[
-                        0
-                    ]
+                    terminal = info["terminal_observation"][None]
+                    info["terminal_observation"] = self._scale(terminal)[0]
             return self._scale(obs), reward, done, infos
 
         def action_masks(self) -> np.ndarray:
@@ -166,9 +174,10 @@ def _vec_env_wrapper() -> type:
     return _Scaled
 
 
-def ScaledObservations(venv: Any, transform: FeatureTransform) -> Any:
-    """SB3 ``VecEnvWrapper`` feeding scaled features (SB3 is imported only when used)."""
-    return _vec_env_wrapper()(venv, transform)
+def ScaledObservations(venv: Any, transform: FeatureTransform, optout_cost: float = 0.0) -> Any:
+    """SB3 ``VecEnvWrapper`` feeding scaled features (SB3 is imported only when used) and,
+    with ``optout_cost``, charging that much in the training reward per opt-out."""
+    return _vec_env_wrapper()(venv, transform, optout_cost)
 
 
 def make_training_env(config: TrainConfig, scenario: Scenario) -> Any:
@@ -178,7 +187,7 @@ def make_training_env(config: TrainConfig, scenario: Scenario) -> Any:
     from simulator.sb3 import CustomerLifecycleSB3VecEnv
 
     env = CustomerLifecycleSB3VecEnv(config.n_envs, scenario, seed=config.seed)
-    scaled = ScaledObservations(env, FeatureTransform.from_scenario(scenario))
+    scaled = ScaledObservations(env, FeatureTransform.from_scenario(scenario), config.optout_cost)
     return VecNormalize(scaled, norm_obs=False, norm_reward=True, gamma=config.gamma)
 
 

@@ -46,6 +46,7 @@ class CustomerLifecycleSB3VecEnv(VecEnv):
         self._next_seed = seed
         self._actions: np.ndarray | None = None
         self._episode_returns = np.zeros(num_envs)
+        self.last_info: dict[str, Any] = {}
 
     @property
     def scenario(self) -> Scenario:
@@ -69,7 +70,8 @@ class CustomerLifecycleSB3VecEnv(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         if self._actions is None:
             raise RuntimeError("step_wait() called without step_async()")
-        obs, reward, _terminated, truncated, _ = self.venv.step(self._actions)
+        obs, reward, _terminated, truncated, info = self.venv.step(self._actions)
+        self.last_info = info  # the batched step info (arrays), for wrappers that need it
         self._actions = None
         self._episode_returns += reward
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]

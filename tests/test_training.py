@@ -115,6 +115,7 @@ def test_no_contact_prior_starts_near_the_do_nothing_campaign(
         ({"ent_coef": -1.0}, "ent_coef must be >= 0"),
         ({"net_arch": []}, "net_arch must list positive layer widths"),
         ({"validation_every": 0}, "validation_every must be a positive integer"),
+        ({"optout_cost": -2.0}, "optout_cost must be >= 0"),
     ],
 )
 def test_bad_training_config_names_the_field(changes: dict, match: str) -> None:
@@ -198,3 +199,27 @@ def test_validation_value_is_the_fixed_population_value() -> None:
         NoContactPolicy(SCENARIO), SCENARIO, TrainConfig(seed=3, validation_customers=300)
     )
     assert other != first
+
+
+def test_optout_cost_is_charged_in_the_training_reward_only() -> None:
+    from cvm_rl.policies.features import FeatureTransform
+    from cvm_rl.training import ScaledObservations
+    from simulator.sb3 import CustomerLifecycleSB3VecEnv
+
+    transform = FeatureTransform.from_scenario(SCENARIO)
+    plain = ScaledObservations(CustomerLifecycleSB3VecEnv(2_000, SCENARIO, seed=4), transform)
+    charged = ScaledObservations(
+        CustomerLifecycleSB3VecEnv(2_000, SCENARIO, seed=4), transform, optout_cost=5.0
+    )
+    plain.reset()
+    charged.reset()
+    rng = np.random.default_rng(0)
+    opted = 0
+    for _ in range(4):
+        actions = rng.integers(0, SCENARIO.n_actions, size=2_000)
+        _, r_plain, _, _ = plain.step(actions)
+        _, r_charged, _, _ = charged.step(actions)
+        out = charged.venv.last_info["opted_out"]
+        opted += int(out.sum())
+        np.testing.assert_allclose(r_charged, r_plain - 5.0 * out)
+    assert opted > 10
