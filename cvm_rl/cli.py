@@ -170,7 +170,7 @@ def _run_train(args: argparse.Namespace) -> int:
     rate = config.steps / max(result.seconds, 1e-9)
     final = result.curve_values[-1] if len(result.curve_values) else float("nan")
     print(
-        f"done in {result.seconds:.1f} s ({rate:,.0f} customer-weeks/s); last training horizon "
+        f"done in {result.seconds:.1f} s ({rate:,.0f} customer-weeks/s); validation value "
         f"{final:.3f} per customer; bundle {out / 'bundle'}"
     )
     return 0

@@ -25,12 +25,15 @@ from __future__ import annotations
 import csv
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from tqdm import TqdmExperimentalWarning
+from tqdm.rich import tqdm
 
 from cvm_rl.bundle import save_bundle
 from cvm_rl.policies.bandits import (
@@ -317,7 +320,7 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if config.algo in BANDIT_ALGOS:
-        policy, steps, values = _train_bandit(config, scenario)
+        policy, steps, values = _train_bandit(config, scenario, progress_bar)
     else:
         policy, steps, values = _train_rl(config, scenario, out_dir, progress_bar)
     seconds = time.perf_counter() - start
@@ -327,7 +330,9 @@ def train(
     return result
 
 
-def _train_bandit(config: TrainConfig, scenario: Scenario) -> tuple[Policy, np.ndarray, np.ndarray]:
+def _train_bandit(
+    config: TrainConfig, scenario: Scenario, progress_bar: bool
+) -> tuple[Policy, np.ndarray, np.ndarray]:
     """Online learning, one horizon of ``n_envs`` fresh customers at a time, validated
     like the RL learners every ``validation_every`` horizons."""
     policy = BANDIT_ALGOS[config.algo](scenario, seed=config.seed, **config.bandit_kwargs)
@@ -336,14 +341,19 @@ def _train_bandit(config: TrainConfig, scenario: Scenario) -> tuple[Policy, np.n
     total_weeks = max(1, config.steps // n_customers)
     curve = [(0, validation_value(policy, scenario, config))]
     done = 0
+    with warnings.catch_warnings():  # tqdm.rich calls itself experimental; SB3 uses it too
+        warnings.simplefilter("ignore", TqdmExperimentalWarning)
+        progress = tqdm(total=total_weeks * n_customers, disable=not progress_bar, unit="step")
     for index in range(-(-total_weeks // horizon)):
         weeks = min(horizon, total_weeks - index * horizon)
         # A distinct population per horizon, derived from the training seed.
         seed = int(np.random.SeedSequence([config.seed, index]).generate_state(1)[0])
         train_bandit(policy, scenario, n_customers=n_customers, weeks=weeks, seed=seed)
         done += weeks * n_customers
+        progress.update(weeks * n_customers)
         if (index + 1) % config.validation_every == 0 or done >= total_weeks * n_customers:
             curve.append((done, validation_value(policy, scenario, config)))
+    progress.close()
     steps = np.array([s for s, _ in curve], dtype=np.int64)
     return policy, steps, np.array([v for _, v in curve])
 
