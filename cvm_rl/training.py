@@ -36,6 +36,7 @@ from tqdm import TqdmExperimentalWarning
 from tqdm.rich import tqdm
 
 from cvm_rl.bundle import save_bundle
+from cvm_rl.evaluation import run_episode
 from cvm_rl.policies.bandits import (
     EpsilonGreedyPolicy,
     LinearBandit,
@@ -303,8 +304,6 @@ def _curve_callback(curve: list[tuple[int, float]], scenario: Scenario, config: 
 
 def validation_value(policy: Policy, scenario: Scenario, config: TrainConfig) -> float:
     """Value per customer of ``policy`` on the run's fixed validation population."""
-    from cvm_rl.evaluation import run_episode
-
     seed = VALIDATION_SEED_OFFSET + config.seed
     return run_episode(policy, scenario, config.validation_customers, seed)["value"]
 
