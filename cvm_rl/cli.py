@@ -159,6 +159,10 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 def _run_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
+    try:
+        config.validate()
+    except ValueError as exc:  # names the field; the option is the same with dashes
+        raise CliError(f"train: {exc}") from None
     out = Path(args.out or f"runs/{config.algo}-{Path(config.scenario).stem}-seed{config.seed}")
     print(f"training {config.algo} on '{config.scenario}' for {config.steps:,} customer-weeks")
     result = train(config, out, progress_bar=not args.no_progress)

@@ -176,6 +176,13 @@ def test_evaluate_errors_are_one_clear_line(argv: list[str], message: str, capsy
     assert message in capsys.readouterr().err
 
 
+def test_train_cli_reports_a_bad_value_in_one_line(tmp_path: Path, capsys) -> None:
+    argv = ["train", "--algo", "ppo", "--gamma", "1.5", "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    assert "train: gamma must be in (0, 1], got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_evaluate_refuses_a_bundle_for_another_schema(tmp_path: Path, capsys) -> None:
     """A bundle whose scenario has other channels cannot be evaluated on the default one."""
     text = (Path(__file__).parents[1] / "simulator/scenarios/default.toml").read_text()
