@@ -58,6 +58,8 @@ class Args:
     """Customer-weeks of online bandit learning (10k customers x 4 horizons)."""
     rl: list[str] = field(default_factory=lambda: ["maskable_ppo"])
     rl_steps: int = 16_000_000
+    optout_cost: float = 0.0
+    """Charged per opt-out in the RL training reward (see ``TrainConfig.optout_cost``)."""
     greedy_customers: int = 20_000
     """Customers in the logged randomized campaign the greedy uplift model is fitted on."""
     workers: int = 2
@@ -69,6 +71,8 @@ class Args:
     def run_name(self) -> str:
         rl = "+".join(self.rl) or "no-rl"
         tag = "quick" if self.quick else f"{self.rl_steps // 1_000_000}M"
+        if self.optout_cost:
+            tag += f"-optout{self.optout_cost:g}"
         return f"bandit_vs_rl__{self.scenario}__{rl}-{tag}__{self.seeds}seeds"
 
 
@@ -82,6 +86,7 @@ def parse_args() -> Args:
     parser.add_argument("--bandit-steps", type=int, default=defaults.bandit_steps)
     parser.add_argument("--rl", nargs="*", default=defaults.rl)
     parser.add_argument("--rl-steps", type=int, default=defaults.rl_steps)
+    parser.add_argument("--optout-cost", type=float, default=defaults.optout_cost)
     parser.add_argument("--greedy-customers", type=int, default=defaults.greedy_customers)
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
@@ -113,6 +118,7 @@ def main() -> None:
         for seed in train_seeds:
             config = TrainConfig(algo=algo, scenario=args.scenario, seed=seed)
             config.steps = args.bandit_steps if algo in args.bandits else args.rl_steps
+            config.optout_cost = args.optout_cost
             if algo in args.bandits:
                 config.n_envs = 2_000 if args.quick else 10_000
             jobs.append((config, runs_dir(args.run_name) / f"{algo}-seed{seed}"))
@@ -178,6 +184,8 @@ def main() -> None:
     }
     (out / f"{args.run_name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     command = "experiments/bandit_vs_rl.py" + (" --quick" if args.quick else "")
+    if args.optout_cost:
+        command += f" --optout-cost {args.optout_cost:g}"
     (out / f"{args.run_name}.md").write_text(
         f"# {args.run_name}\n\n`.venv/bin/python {command}` on scenario '{args.scenario}': "
         f"{args.eval_customers} held-out customers x {scenario.horizon_weeks} weeks per seed, "
