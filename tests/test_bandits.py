@@ -52,22 +52,6 @@ def test_feature_transform_is_bounded_and_has_bias(rollout) -> None:
     assert np.all(np.abs(X) <= 1.0 + 1e-12)
 
 
-@pytest.mark.parametrize("policy_cls", BANDITS)
-def test_probabilities_respect_mask_and_sum_to_one(policy_cls, rollout) -> None:
-    policy = trained(policy_cls, rollout)
-    for obs, mask, _, _ in rollout[-3:]:
-        probs = policy.action_probabilities(obs, mask)
-        assert probs.shape == mask.shape
-        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
-        assert np.all(probs[~mask] == 0.0)
-        actions, propensities = policy.act(obs, mask)
-        rows = np.arange(len(actions))
-        assert mask[rows, actions].all()
-        assert np.all(propensities > 0)
-        if policy_cls is not LinTSPolicy:  # deterministic probabilities
-            np.testing.assert_array_equal(propensities, probs[rows, actions])
-
-
 def test_lints_propensity_is_the_monte_carlo_probability_of_the_action(rollout) -> None:
     policy = trained(LinTSPolicy, rollout, n_propensity_samples=32)
     assert isinstance(policy, LinTSPolicy)
