@@ -35,7 +35,7 @@ type: $(STAMP)
 	$(BIN)/mypy
 
 protos: $(STAMP)
-	$(BIN)/python scripts/gen_protos.py
+	$(BIN)/python -m server.gen_protos
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.simulator

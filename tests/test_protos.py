@@ -23,12 +23,8 @@ GENERATED = ROOT / "server" / "generated"
 
 
 def _gen_protos() -> ModuleType:
-    """scripts/gen_protos.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "scripts" / "gen_protos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The generator module (imported lazily: it needs grpc_tools only when it runs)."""
+    return importlib.import_module("server.gen_protos")
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -47,7 +43,7 @@ def test_committed_stubs_are_up_to_date(tmp_path: Path) -> None:
     out = tmp_path / "generated"
     _gen_protos().generate(out)
     fresh, committed = _tree(out), _tree(GENERATED)
-    hint = "stale stubs: run `python scripts/gen_protos.py` and commit server/generated"
+    hint = "stale stubs: run `python -m server.gen_protos` and commit server/generated"
     assert sorted(fresh) == sorted(committed), hint
     for name, data in fresh.items():
         assert data == committed[name], f"{name}: {hint} (or grpcio-tools differs)"
