@@ -20,15 +20,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bandit_vs_rl import RESULTS, runs_dir  # the run layout that script writes
+
 from cvm_rl.bundle import load_bundle
 from cvm_rl.evaluation import PolicyResult, evaluate_policies, format_table, results_to_dict
 from cvm_rl.policies import NoContactPolicy, Policy, RandomPolicy, RuleBasedPolicy
 from cvm_rl.policies.greedy import GreedyUpliftPolicy
 from cvm_rl.policies.oracle import OraclePolicy
 from simulator.config import Scenario, load_scenario
-
-RESULTS = Path(__file__).parent / "results"
-RUNS = Path(__file__).parents[1] / "runs" / "experiments"
 
 
 @dataclass
@@ -63,7 +62,7 @@ def perturbations(base: Scenario) -> dict[str, Scenario]:
 
 
 def learned_policies(args: Args) -> dict[str, list[Policy]]:
-    run = RUNS / args.source_run
+    run = runs_dir(args.source_run)
     if not run.is_dir():
         raise SystemExit(f"{run}: no such run; train it with experiments/bandit_vs_rl.py first")
     learned: dict[str, list[Policy]] = {}
