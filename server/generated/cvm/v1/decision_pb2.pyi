@@ -21,6 +21,7 @@ class ExplorationMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPLORATION_MODE_UNSPECIFIED: _ClassVar[ExplorationMode]
     EXPLORATION_MODE_EPSILON: _ClassVar[ExplorationMode]
     EXPLORATION_MODE_SOFTMAX: _ClassVar[ExplorationMode]
+    EXPLORATION_MODE_POLICY: _ClassVar[ExplorationMode]
 
 class LearningMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,6 +34,7 @@ DECISION_SOURCE_BASELINE: DecisionSource
 EXPLORATION_MODE_UNSPECIFIED: ExplorationMode
 EXPLORATION_MODE_EPSILON: ExplorationMode
 EXPLORATION_MODE_SOFTMAX: ExplorationMode
+EXPLORATION_MODE_POLICY: ExplorationMode
 LEARNING_MODE_UNSPECIFIED: LearningMode
 LEARNING_MODE_ONLINE: LearningMode
 LEARNING_MODE_APPRENTICE: LearningMode
@@ -79,16 +81,18 @@ class NameList(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Eligibility(_message.Message):
-    __slots__ = ("eligible_offers", "excluded_offers", "eligible_channels", "excluded_channels")
+    __slots__ = ("eligible_offers", "excluded_offers", "eligible_channels", "excluded_channels", "contact_required")
     ELIGIBLE_OFFERS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_OFFERS_FIELD_NUMBER: _ClassVar[int]
     ELIGIBLE_CHANNELS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     eligible_offers: NameList
     excluded_offers: _containers.RepeatedScalarFieldContainer[str]
     eligible_channels: NameList
     excluded_channels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, eligible_offers: _Optional[_Union[NameList, _Mapping]] = ..., excluded_offers: _Optional[_Iterable[str]] = ..., eligible_channels: _Optional[_Union[NameList, _Mapping]] = ..., excluded_channels: _Optional[_Iterable[str]] = ...) -> None: ...
+    contact_required: bool
+    def __init__(self, eligible_offers: _Optional[_Union[NameList, _Mapping]] = ..., excluded_offers: _Optional[_Iterable[str]] = ..., eligible_channels: _Optional[_Union[NameList, _Mapping]] = ..., excluded_channels: _Optional[_Iterable[str]] = ..., contact_required: _Optional[bool] = ...) -> None: ...
 
 class Decision(_message.Message):
     __slots__ = ("event_id", "customer_id", "action", "action_index", "propensity", "probabilities", "explored", "source")

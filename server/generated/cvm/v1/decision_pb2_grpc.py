@@ -68,7 +68,8 @@ class DecisionServiceServicer:
 
     def Decide(self, request, context):
         """Chooses one action for one customer. Idempotent per event_id: repeating a request with
-        the same event_id returns the decision recorded for it the first time.
+        the same event_id returns the decision recorded for it the first time; repeating it with
+        different inputs (customer, features, eligibility, baseline) is ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -76,7 +77,8 @@ class DecisionServiceServicer:
 
     def DecideBatch(self, request, context):
         """Chooses one action per row of a packed feature matrix. All rows are decided by the same
-        model, and the call fails as a whole if any row is invalid.
+        model, and the call fails as a whole if any row is invalid (nothing is logged). Event ids
+        are idempotent as in Decide.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

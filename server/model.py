@@ -1,0 +1,190 @@
+"""The model a server decides with: a bundle plus exploration, as array operations.
+
+Everything here is independent of gRPC: features and eligibility masks in, probabilities,
+draws and propensities out. The service layer turns requests into these arrays and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from cvm_rl.bundle import Bundle
+from cvm_rl.decision_log import EXPLORATION_MODES, LEARNING_MODES, ModelRecord
+from cvm_rl.policies.base import argmax_probabilities, check_number
+from cvm_rl.policies.mlp import MLPPolicy
+
+ExplorationMode = Literal["policy", "epsilon", "softmax"]
+LearningMode = Literal["online", "apprentice"]
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# Probabilities this close to the row maximum count as greedy (ties are not exploration).
+_GREEDY_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """How the served distribution is made from the bundle, and whose actions are executed.
+
+    - ``policy``: the bundle's own distribution (``param`` unused, 0).
+    - ``epsilon``: the bundle's greedy action with probability 1 - ``param``, else uniform
+      over the eligible actions.
+    - ``softmax``: softmax of the bundle's scores (logits or Q-values) at temperature
+      ``param``; needs a bundle with scores (kind ``mlp``).
+
+    ``learning_mode`` ``online`` executes the policy's draw; ``apprentice`` executes the
+    caller's baseline action (propensity 1) and logs the policy's draw beside it.
+    """
+
+    mode: ExplorationMode = "policy"
+    param: float = 0.0
+    learning_mode: LearningMode = "online"
+
+    def __post_init__(self) -> None:
+        if self.mode not in EXPLORATION_MODES:
+            raise ValueError(
+                f"exploration mode must be one of {EXPLORATION_MODES}, got {self.mode!r}"
+            )
+        if self.learning_mode not in LEARNING_MODES:
+            raise ValueError(
+                f"learning_mode must be one of {LEARNING_MODES}, got {self.learning_mode!r}"
+            )
+        if self.mode == "epsilon":
+            check_number("epsilon", self.param, low=0.0, high=1.0, strict=False)
+        elif self.mode == "softmax":
+            check_number("temperature", self.param, low=0.0, strict=True)
+        elif self.param != 0.0:
+            raise ValueError(f"exploration mode 'policy' takes no parameter, got {self.param!r}")
+
+    def check_bundle(self, bundle: Bundle) -> None:
+        """A ValueError when this exploration cannot be applied to ``bundle``."""
+        if self.mode == "softmax" and not isinstance(bundle.policy, MLPPolicy):
+            raise ValueError(
+                f"exploration mode 'softmax' needs a bundle with action scores (kind 'mlp'); "
+                f"{bundle.path} is kind {bundle.kind!r}: use 'policy' or 'epsilon'"
+            )
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Per-row results of :meth:`ServingModel.decide` (length N, or (N, A) for probabilities)."""
+
+    probabilities: np.ndarray
+    action: np.ndarray
+    propensity: np.ndarray
+    explored: np.ndarray
+
+
+class ServingModel:
+    """A loaded bundle with its exploration: the schema lookups and the decision arrays."""
+
+    def __init__(self, bundle: Bundle, exploration: Exploration, activation: int = 0) -> None:
+        exploration.check_bundle(bundle)
+        self.bundle = bundle
+        self.exploration = exploration
+        self.activation = activation
+        self.record = ModelRecord.from_bundle(bundle)
+        self.feature_names = bundle.feature_names
+        self.feature_index = {name: i for i, name in enumerate(self.feature_names)}
+        self.n_features = len(self.feature_names)
+        catalog = bundle.manifest["actions"]
+        self.n_actions = len(catalog)
+        self.action_names = [a["name"] for a in catalog]
+        # No contact is stored as (None, None) in the catalog and as ("", "") on the wire.
+        self.actions = [(a["offer"] or "", a["channel"] or "") for a in catalog]
+        self.action_index = {action: i for i, action in enumerate(self.actions)}
+        self.offers = list(dict.fromkeys(o for o, _ in self.actions[1:]))
+        self.channels = list(dict.fromkeys(c for _, c in self.actions[1:]))
+        self.offer_columns = {
+            o: np.array([a[0] == o for a in self.actions], dtype=bool) for o in self.offers
+        }
+        self.channel_columns = {
+            c: np.array([a[1] == c for a in self.actions], dtype=bool) for c in self.channels
+        }
+        self._salt = f"{bundle.version}\0".encode()
+        self._smoke_test()
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.model_id
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    def _smoke_test(self) -> None:
+        """Decide one all-eligible row at the schema's lower bounds: a bundle that cannot
+        produce a valid distribution is refused before it serves."""
+        low = np.asarray(self.bundle.manifest["observation"]["transform"]["low"], dtype=np.float32)
+        probs = self.probabilities(low[None, :], np.ones((1, self.n_actions), dtype=bool))
+        if not (np.isfinite(probs).all() and abs(probs.sum() - 1.0) < 1e-6):
+            raise ValueError(f"{self.bundle.path}: the policy gives no valid distribution")
+
+    # ------------------------------------------------------------------ decisions
+    def probabilities(self, features: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+        """(N, A) served distribution for raw features (N, F) and eligibility (N, A)."""
+        policy = self.bundle.policy
+        mode, param = self.exploration.mode, self.exploration.param
+        if isinstance(policy, MLPPolicy):
+            scores = policy.scores(features)
+            if mode == "softmax":
+                z = np.where(eligible, scores.astype(np.float64) / param, -np.inf)
+                z -= z.max(axis=1, keepdims=True)
+                p = np.exp(z)
+                return p / p.sum(axis=1, keepdims=True)
+            own = policy.probabilities_from_scores(scores, eligible)
+            greedy_from = scores
+        else:
+            own = policy.action_probabilities(features, eligible)
+            greedy_from = own
+        if mode == "policy":
+            return own
+        greedy = argmax_probabilities(greedy_from, eligible)
+        uniform = eligible / eligible.sum(axis=1, keepdims=True)
+        return (1.0 - param) * greedy + param * uniform
+
+    def uniforms(self, event_ids: list[str]) -> np.ndarray:
+        """One U[0, 1) per event from a hash of (model version, event id): the same event and
+        model always give the same draw, in any process and after restarts."""
+        return hash_uniforms(self._salt, event_ids)
+
+    def decide(self, event_ids: list[str], features: np.ndarray, eligible: np.ndarray) -> Draws:
+        """The policy's draw per row, its propensity, and whether it explored."""
+        probs = self.probabilities(features, eligible)
+        cdf = np.cumsum(probs, axis=1)
+        u = self.uniforms(event_ids) * cdf[:, -1]
+        action = (cdf <= u[:, None]).sum(axis=1)
+        # Rounding at the top of the CDF must not land past the last action that can be drawn.
+        last_possible = self.n_actions - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)
+        action = np.minimum(action, last_possible)
+        rows = np.arange(len(action))
+        propensity = probs[rows, action]
+        best = probs.max(axis=1)
+        explored = propensity < best * (1.0 - _GREEDY_RTOL)
+        return Draws(probs, action, propensity, explored)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finalizer, elementwise on uint64 (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * _MIX1
+    x = (x ^ (x >> np.uint64(27))) * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+def hash_uniforms(salt: bytes, keys: list[str]) -> np.ndarray:
+    """U[0, 1) per key: a SplitMix64 chain over the 8-byte words of ``salt + key``.
+
+    Vectorized over keys (a per-key cryptographic hash costs about a microsecond each, which
+    matters at batch sizes of thousands); the draw needs uniformity, not secrecy."""
+    raw = [salt + k.encode() for k in keys]
+    width = max(8, -(-max(map(len, raw)) // 8) * 8)
+    words = np.array(raw, dtype=f"S{width}").view("<u8").reshape(len(raw), width // 8)
+    lengths = np.array([len(r) for r in raw], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        h = _mix(lengths * _GOLDEN)
+        for column in words.T:
+            h = _mix(h ^ column + _GOLDEN)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
