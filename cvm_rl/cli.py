@@ -6,36 +6,33 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from cvm_rl.bundle import MANIFEST_FILE, BundleError, load_bundle
+from cvm_rl.bundle import BundleError, load_bundle
 from cvm_rl.calibration import add_calibrate_arguments, run_calibrate
+from cvm_rl.cli_common import (
+    BASELINES,
+    REFERENCE_POLICIES,
+    CliError,
+    bundle_dir,
+    positive_int,
+)
 from cvm_rl.evaluation import PolicyResult, evaluate_policies, format_table, results_to_dict
+from cvm_rl.log_cli import add_logs_arguments, run_logs
 from cvm_rl.plots import (
     plot_action_mix,
     plot_learning_curves,
     plot_policy_values,
     plot_value_by_group,
 )
-from cvm_rl.policies import NoContactPolicy, Policy, RandomPolicy, RuleBasedPolicy
-from cvm_rl.policies.greedy import GreedyUpliftPolicy
-from cvm_rl.policies.oracle import OraclePolicy
+from cvm_rl.policies import Policy
 from cvm_rl.training import ALGOS, TrainConfig, train
+from server.cli import add_serve_arguments, run_serve
+from server.demo import format_summary, run_serving_demo
 from simulator.config import Scenario, ScenarioError, builtin_scenarios, load_scenario
 from simulator.core import observation_feature_names
 
-REFERENCE_POLICIES: dict[str, Callable[[Scenario], Policy]] = {
-    "no_contact": NoContactPolicy,
-    "random": RandomPolicy,
-    "rules": RuleBasedPolicy,
-    # Fitted on a logged randomized campaign drawn with training seed 0 (held-out seeds are
-    # 1000 and up), so it never sees the evaluation populations.
-    "greedy": lambda scenario: GreedyUpliftPolicy.fit_from_simulation(scenario, seed=0),
-    "oracle": OraclePolicy,
-}
-"""Policies ``--policies`` can name: baselines, the greedy uplift model, the oracle."""
-BASELINES: tuple[str, ...] = ("no_contact", "random", "rules")
 TRAIN_OPTIONS: tuple[str, ...] = (
     "steps",
     "n_envs",
@@ -49,10 +46,6 @@ TRAIN_OPTIONS: tuple[str, ...] = (
     "optout_cost",
 )
 DEMO_PPO_STEPS = 3_000_000
-
-
-class CliError(ValueError):
-    """A bad command-line value; printed as one line naming the option."""
 
 
 def _seeds(text: str) -> list[int]:
@@ -70,22 +63,6 @@ def _seeds(text: str) -> list[int]:
     return [1000 + i for i in range(count)]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _bundle_dir(path: str) -> Path:
-    """A bundle directory, or a ``cvm train`` run directory holding one."""
-    root = Path(path)
-    return root / "bundle" if (root / "bundle" / MANIFEST_FILE).is_file() else root
-
-
 def _evaluation_policies(
     scenario: Scenario, names: Sequence[str], bundles: Sequence[str]
 ) -> list[Policy]:
@@ -94,7 +71,7 @@ def _evaluation_policies(
         raise CliError(f"--policies: unknown {unknown}; allowed {list(REFERENCE_POLICIES)}")
     policies = [REFERENCE_POLICIES[name](scenario) for name in names if name != "oracle"]
     for path in bundles:
-        bundle = load_bundle(_bundle_dir(path))
+        bundle = load_bundle(bundle_dir(path))
         if bundle.feature_names != observation_feature_names(scenario) or (
             bundle.action_names != scenario.action_names()
         ):
@@ -201,7 +178,13 @@ def _run_demo(args: argparse.Namespace) -> int:
         json=str(out / "evaluation.json"),
         plots=str(out / "plots"),
     )
-    return _run_evaluate(eval_args)
+    _run_evaluate(eval_args)
+    # The serving leg: the decision service on the trained bundle, a simulated campaign
+    # engine deciding and reporting outcomes through the client, then a clean stop.
+    print(f"[serve] starting cvm serve on {out / 'maskable_ppo' / 'bundle'}")
+    summary = run_serving_demo(out / "maskable_ppo" / "bundle", out / "serve")
+    print(format_summary(summary))
+    return 0 if summary.exit_code == 0 and summary.replay_identical else 1
 
 
 def _widths(text: str) -> list[int]:
@@ -235,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job: train, evaluate, save bundles and plots")
     demo.add_argument("--out", default="runs/demo", help="directory for runs, results, plots")
-    demo.add_argument("--ppo-steps", type=_positive_int, default=DEMO_PPO_STEPS)
-    demo.add_argument("--customers", type=_positive_int, default=10_000)
+    demo.add_argument("--ppo-steps", type=positive_int, default=DEMO_PPO_STEPS)
+    demo.add_argument("--customers", type=positive_int, default=10_000)
     demo.add_argument("--seeds", type=_seeds, default=_seeds("3"), help="count or comma list")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_run_demo)
@@ -257,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         ev.add_argument(
             "--bundles", nargs="*", default=[], metavar="PATH", help="bundles or run directories"
         )
-        ev.add_argument("--customers", type=_positive_int, default=20_000)
+        ev.add_argument("--customers", type=positive_int, default=20_000)
         ev.add_argument("--seeds", type=_seeds, default=_seeds("5"), help="count or comma list")
         ev.add_argument("--json", help="also write per-seed metrics and summaries to this file")
         ev.add_argument("--plots", help="write PNG plots into this directory")
@@ -268,13 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--scenario", default="default", help="built-in name or TOML path")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", help="run directory (default runs/ALGO-SCENARIO-seedSEED)")
-    tr.add_argument("--steps", type=_positive_int, help="customer-weeks to train on")
-    tr.add_argument("--n-envs", type=_positive_int, help="customers simulated in parallel")
+    tr.add_argument("--steps", type=positive_int, help="customer-weeks to train on")
+    tr.add_argument("--n-envs", type=positive_int, help="customers simulated in parallel")
     tr.add_argument("--gamma", type=float)
     tr.add_argument("--learning-rate", type=float)
     tr.add_argument("--ent-coef", type=float)
-    tr.add_argument("--n-epochs", type=_positive_int)
-    tr.add_argument("--batch-size", type=_positive_int)
+    tr.add_argument("--n-epochs", type=positive_int)
+    tr.add_argument("--batch-size", type=positive_int)
     tr.add_argument("--net-arch", type=_widths, help="hidden layer widths, e.g. 128,128")
     tr.add_argument("--no-contact-prior", type=float, help="initial logit bonus of no contact")
     tr.add_argument("--optout-cost", type=float, help="training-reward charge per opt-out")
@@ -284,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="fit BG/NBD + Gamma-Gamma on transactions")
     add_calibrate_arguments(cal)
     cal.set_defaults(func=run_calibrate)
+
+    logs = sub.add_parser("logs", help="export a decision log to Parquet, or simulate one")
+    add_logs_arguments(logs)
+    logs.set_defaults(func=run_logs)
+
+    srv = sub.add_parser("serve", help="run the gRPC decision service on a bundle")
+    add_serve_arguments(srv)
+    srv.set_defaults(func=run_serve)
 
     scen = sub.add_parser("scenario", help="list, check or show scenarios")
     scen.add_argument("action", choices=["list", "check", "show"])

@@ -7,14 +7,18 @@ import asyncio
 import os
 from pathlib import Path
 
-from server.app import ServerConfig, configure_logging, run_workers, serve, write_ready_file
+from cvm_rl.cli_common import CliError
+from server.app import (
+    ServerConfig,
+    configure_logging,
+    load_serving_model,
+    run_workers,
+    serve,
+    write_ready_file,
+)
 from server.model import Exploration
 
 TOKEN_ENV = "CVM_AUTH_TOKEN"
-
-
-class ServeError(ValueError):
-    """A bad ``cvm serve`` option; printed as one line naming it."""
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,18 +65,18 @@ def exploration_from_args(args: argparse.Namespace) -> Exploration:
     )
     if mode == "epsilon":
         if args.epsilon is None:
-            raise ServeError("--epsilon: required with --exploration epsilon")
+            raise CliError("--epsilon: required with --exploration epsilon")
         param = args.epsilon
     elif mode == "softmax":
         param = 1.0 if args.temperature is None else args.temperature
     else:
         if args.epsilon is not None or args.temperature is not None:
-            raise ServeError("--epsilon/--temperature: only with --exploration epsilon/softmax")
+            raise CliError("--epsilon/--temperature: only with --exploration epsilon/softmax")
         param = 0.0
     try:
-        return Exploration(mode, param, args.learning_mode)
+        return Exploration(mode, param, args.learning_mode)  # type: ignore[arg-type]
     except ValueError as exc:
-        raise ServeError(f"--{'epsilon' if mode == 'epsilon' else 'temperature'}: {exc}") from None
+        raise CliError(f"--{'epsilon' if mode == 'epsilon' else 'temperature'}: {exc}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -84,21 +88,21 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         try:
             token = Path(args.token_file).read_text().strip()
         except OSError as exc:
-            raise ServeError(f"--token-file: cannot read {args.token_file}: {exc}") from None
+            raise CliError(f"--token-file: cannot read {args.token_file}: {exc}") from None
         if not token:
-            raise ServeError(f"--token-file: {args.token_file} is empty")
+            raise CliError(f"--token-file: {args.token_file} is empty")
     if (args.tls_cert is None) != (args.tls_key is None):
-        raise ServeError("--tls-cert and --tls-key: give both to turn TLS on")
+        raise CliError("--tls-cert and --tls-key: give both to turn TLS on")
     for option in ("tls_cert", "tls_key"):
         value = getattr(args, option)
         if value is not None and not Path(value).is_file():
-            raise ServeError(f"--{option.replace('_', '-')}: {value} is not a file")
+            raise CliError(f"--{option.replace('_', '-')}: {value} is not a file")
     if args.workers < 1:
-        raise ServeError(f"--workers: must be >= 1, got {args.workers}")
+        raise CliError(f"--workers: must be >= 1, got {args.workers}")
     if args.max_batch_rows < 1:
-        raise ServeError(f"--max-batch-rows: must be >= 1, got {args.max_batch_rows}")
+        raise CliError(f"--max-batch-rows: must be >= 1, got {args.max_batch_rows}")
     if not 0 <= args.port < 65536:
-        raise ServeError(f"--port: must be in [0, 65535], got {args.port}")
+        raise CliError(f"--port: must be in [0, 65535], got {args.port}")
     return ServerConfig(
         bundle=bundle,
         log_path=None if args.no_log else args.log,
@@ -116,6 +120,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    try:
+        load_serving_model(config)  # refuse a bad bundle with the option's name, before binding
+    except ValueError as exc:
+        raise CliError(f"--bundle: {exc}") from None
     configure_logging()
     if args.workers > 1:
         return run_workers(args.host, args.port, config, args.workers, args.ready_file)
@@ -128,5 +136,5 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(address, config, ready=ready))
     except ValueError as exc:
-        raise ServeError(str(exc)) from None
+        raise CliError(str(exc)) from None
     return 0

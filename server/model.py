@@ -13,7 +13,7 @@ import numpy as np
 
 from cvm_rl.bundle import Bundle
 from cvm_rl.decision_log import EXPLORATION_MODES, LEARNING_MODES, ModelRecord
-from cvm_rl.policies.base import argmax_probabilities, check_number
+from cvm_rl.policies.base import argmax_probabilities, check_number, explored
 from cvm_rl.policies.mlp import MLPPolicy
 
 ExplorationMode = Literal["policy", "epsilon", "softmax"]
@@ -21,8 +21,6 @@ LearningMode = Literal["online", "apprentice"]
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-# Probabilities this close to the row maximum count as greedy (ties are not exploration).
-_GREEDY_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -160,11 +158,8 @@ class ServingModel:
         # Rounding at the top of the CDF must not land past the last action that can be drawn.
         last_possible = self.n_actions - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)
         action = np.minimum(action, last_possible)
-        rows = np.arange(len(action))
-        propensity = probs[rows, action]
-        best = probs.max(axis=1)
-        explored = propensity < best * (1.0 - _GREEDY_RTOL)
-        return Draws(probs, action, propensity, explored)
+        propensity = probs[np.arange(len(action)), action]
+        return Draws(probs, action, propensity, explored(probs, action))
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

@@ -102,6 +102,13 @@ def argmax_probabilities(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return ties / ties.sum(axis=1, keepdims=True)
 
 
+def explored(probs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Whether each drawn action is exploration: its probability is below its row's maximum
+    (drawing any of several tied best actions is not)."""
+    chosen = probs[np.arange(len(actions)), actions]
+    return chosen < probs.max(axis=1) * (1.0 - TIE_RTOL)
+
+
 def sample_actions(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One action per row of ``probs`` by inverse CDF (vectorized)."""
     cdf = np.cumsum(probs, axis=1)

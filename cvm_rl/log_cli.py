@@ -1,0 +1,158 @@
+"""``cvm logs``: export a decision log to Parquet, or write a simulated one.
+
+``cvm logs export --log PATH --out DIR`` writes :func:`cvm_rl.log_export.export_parquet`'s
+dataset and prints a one-line summary; ``cvm logs simulate --log PATH (--policy NAME |
+--bundle DIR)`` runs a reference policy or a bundle on simulated customers and logs every
+decision and outcome (:func:`cvm_rl.simulated_log.simulate_to_log`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cvm_rl.bundle import load_bundle
+from cvm_rl.cli_common import REFERENCE_POLICIES, CliError, bundle_dir, positive_int
+from cvm_rl.decision_log import DecisionLog, DecisionLogError, ModelRecord
+from cvm_rl.log_export import export_parquet
+from cvm_rl.simulated_log import simulate_to_log
+from simulator.config import load_scenario
+from simulator.core import observation_feature_names
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``cvm logs export`` and ``cvm logs simulate`` subcommands to ``parser``."""
+    sub = parser.add_subparsers(dest="logs_command", required=True)
+
+    export = sub.add_parser("export", help="decisions joined with outcomes, as Parquet by date")
+    export.add_argument("--log", required=True, type=Path, help="decision log (SQLite file)")
+    export.add_argument("--out", required=True, type=Path, help="output dataset directory")
+    export.add_argument(
+        "--outcome-window-days",
+        type=_non_negative_float,
+        default=7.0,
+        help="days after a decision before a missing outcome counts as the default reward "
+        "(default: %(default)s)",
+    )
+    export.add_argument(
+        "--default-reward",
+        type=_finite_float,
+        default=0.0,
+        help="reward of a decision whose outcome never came (default: %(default)s)",
+    )
+    export.add_argument(
+        "--include-pending",
+        action="store_true",
+        help="also export decisions still inside the outcome window (reward null)",
+    )
+
+    simulate = sub.add_parser("simulate", help="log a policy's decisions on simulated customers")
+    simulate.add_argument("--log", required=True, type=Path, help="decision log to write")
+    who = simulate.add_mutually_exclusive_group(required=True)
+    who.add_argument("--policy", help="reference policy: no_contact, random, rules, ...")
+    who.add_argument("--bundle", help="bundle directory or cvm train run directory")
+    simulate.add_argument(
+        "--scenario",
+        help="built-in name or TOML path (default: the bundle's scenario, else 'default')",
+    )
+    simulate.add_argument("--customers", type=positive_int, default=1000)
+    simulate.add_argument("--weeks", type=positive_int, help="default: the scenario's horizon")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument(
+        "--no-probabilities",
+        action="store_true",
+        help="do not store the policy's distribution per decision (smaller log)",
+    )
+
+
+def run_logs(args: argparse.Namespace) -> int:
+    """Run ``cvm logs export`` or ``cvm logs simulate``."""
+    if args.logs_command == "export":
+        return _run_export(args)
+    return _run_simulate(args)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    try:
+        summary = export_parquet(
+            args.log,
+            args.out,
+            outcome_window_s=args.outcome_window_days * 86400,
+            default_reward=args.default_reward,
+            include_pending=args.include_pending,
+        )
+    except (FileNotFoundError, DecisionLogError) as exc:
+        raise CliError(f"--log: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"--out: {exc}") from None
+    print(summary.line())
+    return 0
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    if args.bundle is not None:
+        bundle = load_bundle(bundle_dir(args.bundle), seed=args.seed)
+        policy, model = bundle.policy, ModelRecord.from_bundle(bundle)
+        scenario = bundle.scenario if args.scenario is None else load_scenario(args.scenario)
+        if (model.feature_names, model.action_names) != (
+            observation_feature_names(scenario),
+            scenario.action_names(),
+        ):
+            raise CliError(
+                f"--scenario: bundle {args.bundle} was trained on scenario "
+                f"'{bundle.scenario.name}' whose features or actions differ from "
+                f"'{scenario.name}'"
+            )
+    else:
+        factories = REFERENCE_POLICIES
+        if args.policy not in factories:
+            raise CliError(f"--policy: unknown {args.policy!r}; allowed {list(factories)}")
+        scenario = load_scenario(args.scenario or "default")
+        policy, model = factories[args.policy](scenario), None
+    weeks = scenario.horizon_weeks if args.weeks is None else args.weeks
+    if weeks > scenario.horizon_weeks:
+        raise CliError(
+            f"--weeks: at most the scenario's horizon of {scenario.horizon_weeks}, got {weeks}"
+        )
+    try:
+        with DecisionLog(args.log) as log:
+            summary = simulate_to_log(
+                policy,
+                scenario,
+                log,
+                customers=args.customers,
+                weeks=weeks,
+                seed=args.seed,
+                model=model,
+                probabilities=not args.no_probabilities,
+            )
+    except DecisionLogError as exc:
+        raise CliError(f"--log: {exc}") from None
+    except ValueError as exc:  # names the argument (seed, model, ...)
+        raise CliError(f"logs simulate: {exc}") from None
+    print(
+        f"logged {summary.decisions} decisions and {summary.outcomes} outcomes of "
+        f"{summary.model_id} (seed {summary.seed}, {args.customers} customers x {weeks} weeks, "
+        f"mean reward {summary.total_reward / summary.decisions:.4f}) to {args.log}"
+    )
+    return 0

@@ -1,0 +1,574 @@
+"""Simulated decision logs, their Parquet export, and the ``cvm logs`` commands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cvm_rl.bundle import load_bundle, save_bundle
+from cvm_rl.cli import main
+from cvm_rl.decision_log import (
+    DecisionBatch,
+    DecisionLog,
+    DecisionLogError,
+    ModelRecord,
+    OutcomeRecord,
+)
+from cvm_rl.evaluation import run_episode
+from cvm_rl.log_export import (
+    EXPORT_SCHEMA,
+    MODELS_METADATA_KEY,
+    export_parquet,
+    read_export,
+    read_models,
+)
+from cvm_rl.policies import Policy, RandomPolicy, RuleBasedPolicy
+from cvm_rl.policies.bandits import LinTSPolicy
+from cvm_rl.simulated_log import (
+    DEFAULT_START_US,
+    WEEK_US,
+    simulate_to_log,
+    simulation_model_record,
+)
+from simulator.config import load_scenario, scenario_from_mapping
+from simulator.core import observation_feature_names
+
+CUSTOMERS, WEEKS = 200, 4
+DAY_US = 86_400 * 1_000_000
+SCENARIO = scenario_from_mapping({**load_scenario("default").model_dump(), "horizon_weeks": WEEKS})
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """A log with a random-policy run (seed 11) and a bundled rules run (seed 12)."""
+
+    path: Path
+    bundle_dir: Path
+    random_reward: float
+    rules_reward: float
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Simulated:
+    root = tmp_path_factory.mktemp("simulated")
+    bundle_dir = save_bundle(
+        RuleBasedPolicy(SCENARIO), root / "rules-bundle", algo="rules", training_config={}
+    )
+    bundle = load_bundle(bundle_dir)
+    with DecisionLog(root / "log.db") as log:
+        random_run = simulate_to_log(
+            RandomPolicy(SCENARIO), SCENARIO, log, customers=CUSTOMERS, weeks=WEEKS, seed=11
+        )
+        rules_run = simulate_to_log(
+            bundle.policy,
+            bundle.scenario,
+            log,
+            customers=CUSTOMERS,
+            weeks=WEEKS,
+            seed=12,
+            model=ModelRecord.from_bundle(bundle),
+        )
+    return Simulated(root / "log.db", bundle_dir, random_run.total_reward, rules_run.total_reward)
+
+
+@pytest.fixture(scope="module")
+def exported(simulated: Simulated, tmp_path_factory: pytest.TempPathFactory) -> pa.Table:
+    out = tmp_path_factory.mktemp("export")
+    export_parquet(simulated.path, out, now_us=DEFAULT_START_US + 60 * DAY_US)
+    return read_export(out)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- simulation
+@pytest.mark.parametrize(
+    ("make", "seed", "field"),
+    [(RandomPolicy, 11, "random_reward"), (RuleBasedPolicy, 12, "rules_reward")],
+)
+def test_logged_rewards_add_up_to_the_evaluation(
+    simulated: Simulated, make: type[Policy], seed: int, field: str
+) -> None:
+    value = run_episode(make(SCENARIO), SCENARIO, CUSTOMERS, seed)["value"]
+    assert getattr(simulated, field) == pytest.approx(value * CUSTOMERS, rel=1e-9, abs=1e-9)
+
+
+def test_simulated_log_content(simulated: Simulated) -> None:
+    bundle = load_bundle(simulated.bundle_dir)
+    with DecisionLog(simulated.path) as log:
+        assert log.count() == log.count("outcomes") == 2 * CUSTOMERS * WEEKS
+        models = log.models()
+        assert models["random-sim"] == simulation_model_record(RandomPolicy(SCENARIO), SCENARIO)
+        assert models[bundle.model_id] == ModelRecord.from_bundle(bundle)
+        assert [(a.model_id, a.reason, a.learning_mode) for a in log.activations()] == [
+            ("random-sim", "simulation", "online"),
+            (bundle.model_id, "simulation", "online"),
+        ]
+        event_ids = [f"sim-11-{c}-w{w}" for c in (0, 7, CUSTOMERS - 1) for w in range(WEEKS)]
+        decisions = log.get_decisions(event_ids)
+        outcomes = log.get_outcomes(event_ids)
+    assert sorted(decisions) == sorted(event_ids)
+    for event_id, d in decisions.items():
+        week = int(event_id.rsplit("-w", 1)[1])
+        assert d.customer_id == event_id.rsplit("-w", 1)[0]
+        assert d.decided_at_us == DEFAULT_START_US + week * WEEK_US
+        assert outcomes[event_id].reported_at_us == d.decided_at_us + WEEK_US
+        assert d.probabilities is not None and d.eligible[d.action_index]
+        assert d.propensity == d.probabilities[d.action_index] == d.policy_propensity
+        np.testing.assert_allclose(d.probabilities[d.eligible].sum(), 1.0)
+        assert not d.probabilities[~d.eligible].any()
+        assert d.explored == (d.propensity < d.probabilities.max())
+        assert d.baseline_action_index is None
+        assert len(d.features) == len(observation_feature_names(SCENARIO))
+
+
+def test_thompson_sampling_logs_the_distribution_it_drew_from(tmp_path: Path) -> None:
+    with DecisionLog(tmp_path / "log.db") as log:
+        simulate_to_log(LinTSPolicy(SCENARIO, seed=0), SCENARIO, log, customers=50, weeks=2, seed=3)
+        decisions = log.get_decisions([f"sim-3-{c}-w{w}" for c in range(50) for w in range(2)])
+    assert len(decisions) == 100
+    for d in decisions.values():
+        assert d.probabilities is not None
+        assert d.propensity == d.probabilities[d.action_index] > 0
+
+
+def test_simulation_without_probabilities(tmp_path: Path) -> None:
+    with DecisionLog(tmp_path / "log.db") as log:
+        summary = simulate_to_log(
+            RandomPolicy(SCENARIO),
+            SCENARIO,
+            log,
+            customers=20,
+            weeks=1,
+            seed=None,
+            probabilities=False,
+        )
+        assert summary.decisions == log.count() == 20
+        stored = log.get_decisions([f"sim-{summary.seed}-{c}-w0" for c in range(20)])
+    assert len(stored) == 20
+    assert all(d.probabilities is None for d in stored.values())
+    export_parquet(tmp_path / "log.db", tmp_path / "out", now_us=DEFAULT_START_US + 30 * DAY_US)
+    assert read_export(tmp_path / "out").column("probabilities").null_count == 20
+
+
+OTHER_FEATURES = replace(
+    simulation_model_record(RandomPolicy(SCENARIO), SCENARIO), feature_names=["x"]
+)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"customers": 0}, "customers must be >= 1"),
+        ({"weeks": 0}, r"weeks must be in \[1, 4\]"),
+        ({"weeks": WEEKS + 1}, r"weeks must be in \[1, 4\] \(the scenario's horizon\)"),
+        ({"seed": 11}, "already holds a simulation with seed 11"),
+        ({"model": OTHER_FEATURES}, "features that differ from the observation of scenario"),
+        (
+            {
+                "model": replace(
+                    OTHER_FEATURES,
+                    feature_names=observation_feature_names(SCENARIO),
+                    action_names=["no_contact"],
+                )
+            },
+            "actions that differ",
+        ),
+    ],
+)
+def test_simulation_refuses_bad_arguments_and_writes_nothing(
+    simulated: Simulated, tmp_path: Path, kwargs: dict, message: str
+) -> None:
+    path = tmp_path / "log.db"
+    path.write_bytes(simulated.path.read_bytes())
+    arguments = {"customers": 10, "weeks": 2, "seed": 99, **kwargs}
+    with DecisionLog(path) as log, pytest.raises(ValueError, match=message):
+        simulate_to_log(RandomPolicy(SCENARIO), SCENARIO, log, **arguments)
+    with DecisionLog(path) as log:
+        assert log.count() == 2 * CUSTOMERS * WEEKS and len(log.activations()) == 2
+
+
+def test_simulation_refuses_a_model_id_recorded_with_other_features(tmp_path: Path) -> None:
+    two = {
+        name: {**segment, "share": 0.5}
+        for name, segment in list(SCENARIO.model_dump()["segments"].items())[:2]
+    }
+    other = scenario_from_mapping({**SCENARIO.model_dump(), "segments": two})
+    with DecisionLog(tmp_path / "log.db") as log:
+        simulate_to_log(RandomPolicy(other), other, log, customers=5, weeks=1, seed=1)
+        with pytest.raises(ValueError, match="already records 'random-sim' with other features"):
+            simulate_to_log(RandomPolicy(SCENARIO), SCENARIO, log, customers=5, weeks=1, seed=2)
+        assert log.count() == 5
+
+
+# --------------------------------------------------------------------------- export
+def test_export_has_one_row_per_decision_with_the_logged_values(
+    simulated: Simulated, exported: pa.Table
+) -> None:
+    assert exported.num_rows == 2 * CUSTOMERS * WEEKS
+    assert exported.schema.remove_metadata() == EXPORT_SCHEMA
+    rows = exported.to_pylist()
+    assert len({r["event_id"] for r in rows}) == len(rows)
+    with DecisionLog(simulated.path) as log:
+        stored = log.get_decisions([r["event_id"] for r in rows])
+        outcomes = log.get_outcomes([r["event_id"] for r in rows])
+        models = log.models()
+    for r in rows:
+        d, o = stored[r["event_id"]], outcomes[r["event_id"]]
+        assert r["customer_id"] == d.customer_id
+        assert r["propensity"] == d.propensity and r["policy_propensity"] == d.policy_propensity
+        assert r["action_index"] == d.action_index == r["policy_action_index"]
+        assert r["action_name"] == models[r["model_id"]].action_names[d.action_index]
+        assert r["model_version"] == models[r["model_id"]].model_version
+        assert r["decided_at"].timestamp() * 1_000_000 == d.decided_at_us
+        assert r["date"] == r["decided_at"].date().isoformat()
+        assert r["explored"] == d.explored and r["baseline_action_index"] is None
+        assert r["features"] == d.features.tolist()
+        assert r["eligible"] == d.eligible.tolist()
+        assert d.probabilities is not None and r["probabilities"] == d.probabilities.tolist()
+        assert (r["learning_mode"], r["exploration"], r["exploration_param"]) == (
+            "online",
+            "policy",
+            0.0,
+        )
+        assert r["outcome_status"] == "reported"
+        assert (r["reward"], r["purchase"], r["spend"], r["opt_out"]) == (
+            o.reward,
+            o.purchase,
+            o.spend,
+            o.opt_out,
+        )
+        assert r["reported_at"].timestamp() * 1_000_000 == o.reported_at_us
+
+
+def test_export_partitions_by_date_and_describes_the_models(
+    simulated: Simulated, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    summary = export_parquet(simulated.path, out, now_us=DEFAULT_START_US + 60 * DAY_US)
+    dates = ["2026-01-05", "2026-01-12", "2026-01-19", "2026-01-26"]
+    assert summary.partitions == dates
+    assert (summary.rows, summary.with_outcome, summary.defaulted) == (
+        2 * CUSTOMERS * WEEKS,
+    ) * 2 + (0,)
+    assert sorted(p.name for p in out.iterdir()) == [f"date={d}" for d in dates] + ["models.json"]
+    for d in dates:
+        assert [p.name for p in (out / f"date={d}").iterdir()] == ["part-0.parquet"]
+    table = read_export(out)
+    counts = dict(zip(*np.unique(table.column("date").to_numpy(), return_counts=True), strict=True))
+    assert counts == dict.fromkeys(dates, 2 * CUSTOMERS)
+    with DecisionLog(simulated.path) as log:
+        expected = {
+            m.model_id: {
+                "feature_names": m.feature_names,
+                "action_names": m.action_names,
+                "kind": m.kind,
+                "version": m.model_version,
+            }
+            for m in log.models().values()
+        }
+    assert json.loads((out / "models.json").read_text()) == expected == read_models(out)
+    assert json.loads(table.schema.metadata[MODELS_METADATA_KEY]) == expected
+    in_file = pq.read_schema(out / f"date={dates[0]}" / "part-0.parquet").metadata
+    assert json.loads(in_file[MODELS_METADATA_KEY]) == expected
+
+
+def test_small_chunks_give_the_same_export(simulated: Simulated, tmp_path: Path) -> None:
+    now = DEFAULT_START_US + 60 * DAY_US
+    export_parquet(simulated.path, tmp_path / "big", now_us=now)
+    export_parquet(simulated.path, tmp_path / "small", now_us=now, chunk_rows=37)
+    assert read_export(tmp_path / "small").equals(read_export(tmp_path / "big"))
+
+
+def test_export_does_not_modify_the_log(simulated: Simulated, tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    path.write_bytes(simulated.path.read_bytes())
+    before = file_digest(path)
+    with DecisionLog(path) as live:  # an open writer, as a running service holds
+        export_parquet(path, tmp_path / "out", now_us=DEFAULT_START_US)
+        assert live.count() == 2 * CUSTOMERS * WEEKS
+    assert file_digest(path) == before
+
+
+# --------------------------------------------------------------------------- outcome status
+MODEL_A = ModelRecord("a-1", "1", "random", "", ["f0", "f1", "f2"], ["no_contact", "x", "y"])
+MODEL_B = ModelRecord("b-2", "2", "random", "", [f"g{i}" for i in range(5)], ["no_contact", "z"])
+NOW = DEFAULT_START_US + 30 * DAY_US
+WINDOW_S = 7 * 86_400
+
+
+def decide(
+    log: DecisionLog, model: ModelRecord, event_ids: Sequence[str], decided_at: Sequence[int]
+) -> None:
+    """Hand-made decisions (action 1 with propensity 0.5) of ``model``."""
+    seq = log.activate(
+        model,
+        learning_mode="apprentice",
+        exploration="epsilon",
+        exploration_param=0.25,
+        reason="start",
+    ).seq
+    n, f, a = len(event_ids), len(model.feature_names), len(model.action_names)
+    log.insert_decisions(
+        DecisionBatch(
+            event_ids=list(event_ids),
+            customer_ids=[f"c-{e}" for e in event_ids],
+            decided_at_us=np.array(decided_at, dtype=np.int64),
+            activation=seq,
+            action_index=np.ones(n, dtype=np.int64),
+            propensity=np.full(n, 0.5),
+            policy_action_index=np.zeros(n, dtype=np.int64),
+            policy_propensity=np.full(n, 0.5),
+            baseline_action_index=np.ones(n, dtype=np.int64),
+            explored=np.zeros(n, dtype=bool),
+            features=np.arange(n * f, dtype=np.float32).reshape(n, f),
+            eligible=np.ones((n, a), dtype=bool),
+            probabilities=None,
+        )
+    )
+
+
+@pytest.fixture
+def status_log(tmp_path: Path) -> Path:
+    """reported (old), default (old, no outcome), pending (1 day old) and boundary (exactly
+    one window old) decisions of two models with different feature counts."""
+    path = tmp_path / "status.db"
+    old = NOW - 10 * DAY_US
+    with DecisionLog(path) as log:
+        decide(log, MODEL_A, ["reported", "default"], [old, old])
+        decide(log, MODEL_B, ["pending", "boundary"], [NOW - DAY_US, NOW - WINDOW_S * 1_000_000])
+        log.record_outcomes([OutcomeRecord("reported", 3.0, True, 12.5, False, old + DAY_US)])
+    return path
+
+
+def by_event(table: pa.Table) -> dict[str, dict]:
+    return {r["event_id"]: r for r in table.to_pylist()}
+
+
+def test_outcome_status_with_a_fixed_now(status_log: Path, tmp_path: Path) -> None:
+    summary = export_parquet(
+        status_log, tmp_path / "out", now_us=NOW, outcome_window_s=WINDOW_S, default_reward=-0.5
+    )
+    assert (summary.rows, summary.with_outcome, summary.defaulted) == (2, 1, 1)
+    assert (summary.pending, summary.pending_skipped) == (2, 2)
+    rows = by_event(read_export(tmp_path / "out"))
+    assert sorted(rows) == ["default", "reported"]
+    reported, default = rows["reported"], rows["default"]
+    assert reported["outcome_status"] == "reported"
+    assert (reported["reward"], reported["purchase"], reported["spend"]) == (3.0, True, 12.5)
+    assert default["outcome_status"] == "default" and default["reward"] == -0.5
+    assert default["purchase"] is default["spend"] is default["opt_out"] is None
+    assert default["reported_at"] is None
+    assert (reported["learning_mode"], reported["exploration"]) == ("apprentice", "epsilon")
+    assert reported["exploration_param"] == 0.25 and reported["baseline_action_index"] == 1
+    assert reported["action_name"] == "x" and reported["probabilities"] is None
+
+
+def test_include_pending_and_list_lengths_per_model(status_log: Path, tmp_path: Path) -> None:
+    summary = export_parquet(
+        status_log, tmp_path / "out", now_us=NOW, outcome_window_s=WINDOW_S, include_pending=True
+    )
+    assert (summary.rows, summary.pending, summary.pending_skipped) == (4, 2, 0)
+    rows = by_event(read_export(tmp_path / "out"))
+    for name in ("pending", "boundary"):  # decided_at + window == now is not yet past
+        assert rows[name]["outcome_status"] == "pending" and rows[name]["reward"] is None
+    assert rows["default"]["reward"] == 0.0
+    assert [len(rows[e]["features"]) for e in ("reported", "pending")] == [3, 5]
+    assert [len(rows[e]["eligible"]) for e in ("reported", "pending")] == [3, 2]
+    assert rows["pending"]["features"] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert rows["pending"]["action_name"] == "z" and rows["pending"]["model_version"] == "2"
+
+
+def test_zero_window_defaults_every_missing_outcome(status_log: Path, tmp_path: Path) -> None:
+    summary = export_parquet(status_log, tmp_path / "out", now_us=NOW, outcome_window_s=0)
+    assert (summary.rows, summary.defaulted, summary.pending) == (4, 3, 0)
+
+
+def test_re_export_replaces_the_partitions_it_writes(status_log: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    export_parquet(status_log, out, now_us=NOW, outcome_window_s=WINDOW_S, include_pending=True)
+    with DecisionLog(status_log) as log:
+        log.record_outcomes([OutcomeRecord("pending", 1.0), OutcomeRecord("boundary", 2.0)])
+    export_parquet(status_log, out, now_us=NOW, outcome_window_s=WINDOW_S)
+    rows = by_event(read_export(out))
+    assert len(rows) == 4  # replaced, not appended
+    assert {r["outcome_status"] for e, r in rows.items() if e != "default"} == {"reported"}
+    assert (rows["pending"]["reward"], rows["boundary"]["reward"]) == (1.0, 2.0)
+
+
+def test_export_into_a_directory_with_other_dates_keeps_them(
+    simulated: Simulated, status_log: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = export_parquet(simulated.path, out, now_us=NOW)
+    second = export_parquet(status_log, out, now_us=NOW, outcome_window_s=0)
+    assert not set(first.partitions) & set(second.partitions)
+    table = read_export(out)
+    assert table.num_rows == first.rows + second.rows
+    assert set(read_models(out)) == {"random-sim", "a-1", "b-2", *load_ids(simulated.path)}
+
+
+def load_ids(path: Path) -> list[str]:
+    with DecisionLog(path) as log:
+        return list(log.models())
+
+
+# --------------------------------------------------------------------------- errors
+def test_export_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing\.db: decision log not found"):
+        export_parquet(tmp_path / "missing.db", tmp_path / "out")
+    text = tmp_path / "text.db"
+    text.write_text("not sqlite at all\n" * 100)
+    with pytest.raises(DecisionLogError, match=r"text\.db: not a decision log"):
+        export_parquet(text, tmp_path / "out")
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE t (x)")
+    db.close()
+    with pytest.raises(DecisionLogError, match=r"other\.db: not a decision log"):
+        export_parquet(other, tmp_path / "out")
+    DecisionLog(tmp_path / "ok.db").close()
+    for kwargs, message in (
+        ({"outcome_window_s": -1.0}, "outcome_window_s must be finite and >= 0"),
+        ({"outcome_window_s": float("nan")}, "outcome_window_s must be finite"),
+        ({"default_reward": float("inf")}, "default_reward must be finite"),
+        ({"chunk_rows": 0}, "chunk_rows must be >= 1"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            export_parquet(tmp_path / "ok.db", tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_log_exports_nothing_but_models(tmp_path: Path) -> None:
+    with DecisionLog(tmp_path / "log.db") as log:
+        log.activate(
+            MODEL_A,
+            learning_mode="online",
+            exploration="policy",
+            exploration_param=0,
+            reason="start",
+        )
+    summary = export_parquet(tmp_path / "log.db", tmp_path / "out")
+    assert (summary.rows, summary.partitions) == (0, [])
+    table = read_export(tmp_path / "out")
+    assert table.num_rows == 0 and table.schema.remove_metadata() == EXPORT_SCHEMA
+    assert list(read_models(tmp_path / "out")) == ["a-1"]
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_simulate_and_export(
+    simulated: Simulated, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "cli.db"
+    common = ["--log", str(log), "--customers", "30", "--weeks", "2"]
+    assert main(["logs", "simulate", "--policy", "random", *common, "--seed", "5"]) == 0
+    assert "logged 60 decisions and 60 outcomes of random-sim (seed 5" in capsys.readouterr().out
+    assert main(["logs", "simulate", "--bundle", str(simulated.bundle_dir), *common]) == 0
+    assert "logged 60 decisions" in capsys.readouterr().out
+    bundle = load_bundle(simulated.bundle_dir)
+    with DecisionLog(log) as opened:
+        assert set(opened.models()) == {"random-sim", bundle.model_id}
+        assert opened.count() == 120
+
+    out = tmp_path / "out"
+    assert main(["logs", "export", "--log", str(log), "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    # Simulated weeks are in January 2026, long past the 7-day window: all outcomes reported.
+    assert line.startswith(f"exported 120 decisions to {out}: 120 reported, 0 defaulted")
+    assert "2 partitions (2026-01-05 .. 2026-01-12)" in line
+    assert read_export(out).num_rows == 120
+    assert (
+        main(
+            [
+                "logs",
+                "export",
+                "--log",
+                str(log),
+                "--out",
+                str(out),
+                "--include-pending",
+                "--outcome-window-days",
+                "0.5",
+                "--default-reward",
+                "-1",
+            ]
+        )
+        == 0
+    )
+    assert "exported 120 decisions" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["logs", "export", "--log", "{tmp}/missing.db", "--out", "{tmp}/o"], "--log: "),
+        (["logs", "export", "--log", "{tmp}/text.db", "--out", "{tmp}/o"], "not a decision log"),
+        (["logs", "simulate", "--log", "{tmp}/l.db", "--policy", "nope"], "--policy: unknown"),
+        (
+            ["logs", "simulate", "--log", "{tmp}/l.db", "--policy", "random", "--weeks", "53"],
+            "--weeks: at most the scenario's horizon of 52",
+        ),
+        (
+            ["logs", "simulate", "--log", "{tmp}/text.db", "--policy", "random", "--weeks", "1"],
+            "--log: ",
+        ),
+        (
+            ["logs", "simulate", "--log", "{tmp}/l.db", "--bundle", "{tmp}/no-bundle"],
+            "bundle directory does not exist",
+        ),
+    ],
+)
+def test_cli_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    (tmp_path / "text.db").write_text("plain text\n" * 100)
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_cli_refuses_a_repeated_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "logs",
+        "simulate",
+        "--log",
+        str(tmp_path / "l.db"),
+        "--policy",
+        "no_contact",
+        "--customers",
+        "5",
+        "--weeks",
+        "1",
+        "--seed",
+        "4",
+    ]
+    assert main(argv) == 0
+    assert main(argv) == 2
+    assert "already holds a simulation with seed 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["logs", "simulate", "--log", "l.db", "--policy", "random", "--bundle", "b"],
+        ["logs", "simulate", "--log", "l.db"],
+        ["logs", "export", "--log", "l.db", "--out", "o", "--outcome-window-days", "-1"],
+        ["logs", "export", "--log", "l.db", "--out", "o", "--default-reward", "nan"],
+        ["logs"],
+    ],
+)
+def test_cli_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
