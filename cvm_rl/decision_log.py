@@ -8,7 +8,7 @@ Tables (times are microseconds since the Unix epoch, UTC):
 
 ``models`` — every bundle that ever served: ``model_id`` (``{algo}-{version}``, key),
 ``model_version``, ``kind``, ``path``, ``feature_names`` and ``action_names`` (JSON lists, in
-the order of ``decisions.features`` and of action indices), ``first_seen_us``.
+the order of ``requests.features`` and of action indices), ``first_seen_us``.
 
 ``activations`` — which bundle served with which settings, oldest first: ``seq`` (key),
 ``model_id``, ``path``, ``learning_mode`` (``online`` | ``apprentice``), ``exploration``
@@ -16,6 +16,14 @@ the order of ``decisions.features`` and of action indices), ``first_seen_us``.
 (epsilon, temperature, or 0 for ``policy``), ``reason``
 (``start``, ``load``, ``rollback``, ``simulation``) and ``activated_at_us``. Serving
 processes follow the latest row, so a hot reload reaches every worker.
+
+``requests`` — one row per request (a ``Decide`` or ``DecideBatch`` call, or a simulated
+week): ``id`` (key), ``activation`` (``activations.seq``: the model and settings that
+decided), ``n_rows``, ``n_features``, ``n_actions``, and the request's matrices stored
+columnar, row-major: ``features`` (raw, float32 little-endian, schema order), ``eligible``
+(one byte 0/1 per catalog action) and ``probabilities`` (the policy's distribution, float64
+little-endian per action; NULL when not logged). One BLOB per request instead of three per
+decision keeps a batch's commit to a few sequential page writes.
 
 ``decisions`` — one row per decision, committed before the response is sent:
 
@@ -26,17 +34,18 @@ seq                    INTEGER  insertion order
 event_id               TEXT     unique id; the idempotency key and the outcome's key
 customer_id            TEXT     the caller's customer id (for joining, never a feature)
 decided_at_us          INTEGER  decision time
-activation             INTEGER  ``activations.seq``: the model and settings that decided
+request                INTEGER  ``requests.id``: activation, features, eligibility, probabilities
+request_row            INTEGER  this decision's row in the request's matrices
 action_index           INTEGER  the served action (catalog index; 0 = no contact)
 propensity             REAL     probability with which the served action was chosen
 policy_action_index    INTEGER  the policy's draw (the served action in online mode)
 policy_propensity      REAL     probability of the policy's draw under its distribution
 baseline_action_index  INTEGER  the caller's baseline action; NULL when none was given
-explored               INTEGER  1 when the policy's draw was not its greedy action
-features               BLOB     raw features, float32 little-endian, schema order
-eligible               BLOB     one byte (0/1) per catalog action: the eligibility mask
-probabilities          BLOB     the policy's distribution, float64 little-endian per action
+explored               INTEGER  1 when the draw's probability is below the row's maximum
 =====================  =======  ============================================================
+
+:class:`StoredDecision` gives a decision with its features, eligibility and probabilities
+already sliced out of its request.
 
 In apprentice mode the served action is the caller's baseline with propensity 1, and the
 policy's shadow draw is in ``policy_action_index`` / ``policy_propensity``.
@@ -48,11 +57,12 @@ policy's shadow draw is in ``policy_action_index`` / ``policy_propensity``.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -88,21 +98,29 @@ CREATE TABLE IF NOT EXISTS activations (
     reason TEXT NOT NULL,
     activated_at_us INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    activation INTEGER NOT NULL REFERENCES activations (seq),
+    n_rows INTEGER NOT NULL CHECK (n_rows > 0),
+    n_features INTEGER NOT NULL CHECK (n_features > 0),
+    n_actions INTEGER NOT NULL CHECK (n_actions > 0),
+    features BLOB NOT NULL CHECK (length(features) = n_rows * n_features * 4),
+    eligible BLOB NOT NULL CHECK (length(eligible) = n_rows * n_actions),
+    probabilities BLOB CHECK (length(probabilities) = n_rows * n_actions * 8)
+);
 CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL UNIQUE,
     customer_id TEXT NOT NULL,
     decided_at_us INTEGER NOT NULL,
-    activation INTEGER NOT NULL REFERENCES activations (seq),
+    request INTEGER NOT NULL REFERENCES requests (id),
+    request_row INTEGER NOT NULL CHECK (request_row >= 0),
     action_index INTEGER NOT NULL CHECK (action_index >= 0),
     propensity REAL NOT NULL CHECK (propensity > 0 AND propensity <= 1),
     policy_action_index INTEGER NOT NULL CHECK (policy_action_index >= 0),
     policy_propensity REAL NOT NULL CHECK (policy_propensity > 0 AND policy_propensity <= 1),
     baseline_action_index INTEGER CHECK (baseline_action_index >= 0),
-    explored INTEGER NOT NULL CHECK (explored IN (0, 1)),
-    features BLOB NOT NULL,
-    eligible BLOB NOT NULL,
-    probabilities BLOB
+    explored INTEGER NOT NULL CHECK (explored IN (0, 1))
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     event_id TEXT PRIMARY KEY REFERENCES decisions (event_id),
@@ -119,18 +137,25 @@ DECISION_COLUMNS = (
     "event_id",
     "customer_id",
     "decided_at_us",
-    "activation",
+    "request",
+    "request_row",
     "action_index",
     "propensity",
     "policy_action_index",
     "policy_propensity",
     "baseline_action_index",
     "explored",
+)
+"""Columns of ``decisions`` that a writer fills (``seq`` is assigned), in insert order."""
+REQUEST_COLUMNS = (
+    "activation",
+    "n_rows",
+    "n_features",
+    "n_actions",
     "features",
     "eligible",
     "probabilities",
 )
-"""Columns of ``decisions`` that a writer fills (``seq`` is assigned), in insert order."""
 OUTCOME_COLUMNS = (
     "event_id",
     "reward",
@@ -140,11 +165,28 @@ OUTCOME_COLUMNS = (
     "reported_at_us",
     "received_at_us",
 )
-_INSERT_DECISION = (
-    f"INSERT OR IGNORE INTO decisions ({', '.join(DECISION_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})"
+_INSERT_CHUNK = 128
+"""Rows per multi-row INSERT: one statement per chunk of rows rather than one per row."""
+
+
+@functools.lru_cache(maxsize=_INSERT_CHUNK)
+def _insert_decisions_sql(n_rows: int) -> str:
+    row = f"({', '.join('?' * len(DECISION_COLUMNS))})"
+    return (
+        f"INSERT OR IGNORE INTO decisions ({', '.join(DECISION_COLUMNS)}) "
+        f"VALUES {', '.join([row] * n_rows)}"
+    )
+
+
+_INSERT_REQUEST = (
+    f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
 )
-_SELECT_DECISION = f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions"
+_SELECT_DECISION = (
+    f"SELECT {', '.join('d.' + c for c in DECISION_COLUMNS)}, r.activation, r.n_features, "
+    "r.n_actions, r.features, r.eligible, r.probabilities "
+    "FROM decisions AS d JOIN requests AS r ON r.id = d.request"
+)
 _SELECT_OUTCOME = f"SELECT {', '.join(OUTCOME_COLUMNS[:-1])} FROM outcomes"
 # SQLite's default limit on host parameters per statement is 32766; stay far below it.
 _IN_CHUNK = 900
@@ -283,47 +325,39 @@ class DecisionBatch:
             if ((a < 0) | (a >= n_actions)).any():
                 raise ValueError(f"{name} must be in [0, {n_actions})")
 
-    def rows(self, indices: Sequence[int] | None = None) -> Iterator[tuple[Any, ...]]:
-        """Table rows in :data:`DECISION_COLUMNS` order, for all rows or the given ``indices``."""
-        features = np.ascontiguousarray(self.features, dtype="<f4")
-        eligible = np.ascontiguousarray(self.eligible, dtype=np.uint8)
-        probs = (
+    def request_row(self) -> tuple[Any, ...]:
+        """The ``requests`` row of this batch, in :data:`REQUEST_COLUMNS` order."""
+        n, n_actions = self.eligible.shape
+        return (
+            self.activation,
+            n,
+            self.features.shape[1],
+            n_actions,
+            np.ascontiguousarray(self.features, dtype="<f4").tobytes(),
+            np.ascontiguousarray(self.eligible, dtype=np.uint8).tobytes(),
             None
             if self.probabilities is None
-            else np.ascontiguousarray(self.probabilities, dtype="<f8")
+            else np.ascontiguousarray(self.probabilities, dtype="<f8").tobytes(),
         )
-        baseline = self.baseline_action_index.tolist()
-        columns = zip(
-            self.event_ids,
-            self.customer_ids,
-            self.decided_at_us.tolist(),
-            self.action_index.tolist(),
-            self.propensity.tolist(),
-            self.policy_action_index.tolist(),
-            self.policy_propensity.tolist(),
-            baseline,
-            self.explored.astype(int).tolist(),
-            strict=True,
-        )
-        keep = None if indices is None else set(indices)
-        for i, (eid, cid, at, a, p, pa, pp, b, x) in enumerate(columns):
-            if keep is not None and i not in keep:
-                continue
-            yield (
-                eid,
-                cid,
-                at,
-                self.activation,
-                a,
-                p,
-                pa,
-                pp,
-                None if b < 0 else b,
-                x,
-                features[i].tobytes(),
-                eligible[i].tobytes(),
-                None if probs is None else probs[i].tobytes(),
-            )
+
+    def rows(self, request: int, indices: Sequence[int] | None = None) -> np.ndarray:
+        """``decisions`` rows pointing at ``request`` as an (N, columns) object array in
+        :data:`DECISION_COLUMNS` order, for all rows or the given ``indices`` (filled column
+        by column: building per-row tuples in Python costs more than the insert)."""
+        n = len(self.event_ids)
+        rows = np.empty((n, len(DECISION_COLUMNS)), dtype=object)
+        rows[:, 0] = self.event_ids
+        rows[:, 1] = self.customer_ids
+        rows[:, 2] = self.decided_at_us.tolist()
+        rows[:, 3] = request
+        rows[:, 4] = range(n)
+        rows[:, 5] = self.action_index.tolist()
+        rows[:, 6] = self.propensity.tolist()
+        rows[:, 7] = self.policy_action_index.tolist()
+        rows[:, 8] = self.policy_propensity.tolist()
+        rows[:, 9] = [None if b < 0 else b for b in self.baseline_action_index.tolist()]
+        rows[:, 10] = self.explored.astype(int).tolist()
+        return rows if indices is None else rows[list(indices)]
 
 
 @dataclass(frozen=True)
@@ -346,12 +380,25 @@ class StoredDecision:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> StoredDecision:
-        values = dict(zip(DECISION_COLUMNS, row, strict=True))
+        """From a ``_SELECT_DECISION`` row: the decision's columns, then its request's
+        activation, shapes and matrices (sliced to the decision's row)."""
+        values = dict(zip(DECISION_COLUMNS, row[: len(DECISION_COLUMNS)], strict=True))
+        activation, n_features, n_actions, features, eligible, probs = row[len(DECISION_COLUMNS) :]
+        r = values.pop("request_row")
+        del values["request"]
+        values["activation"] = activation
         values["explored"] = bool(values["explored"])
-        values["features"] = np.frombuffer(values["features"], dtype="<f4")
-        values["eligible"] = np.frombuffer(values["eligible"], dtype=np.uint8).astype(bool)
-        if values["probabilities"] is not None:
-            values["probabilities"] = np.frombuffer(values["probabilities"], dtype="<f8")
+        values["features"] = np.frombuffer(
+            features, dtype="<f4", count=n_features, offset=4 * r * n_features
+        )
+        values["eligible"] = np.frombuffer(
+            eligible, dtype=np.uint8, count=n_actions, offset=r * n_actions
+        ).astype(bool)
+        values["probabilities"] = (
+            None
+            if probs is None
+            else np.frombuffer(probs, dtype="<f8", count=n_actions, offset=8 * r * n_actions)
+        )
         return cls(**values)
 
     def same_inputs(
@@ -564,40 +611,75 @@ class DecisionLog:
         caller answers a replay with what it answered the first time. A replayed id whose
         inputs differ raises :class:`EventConflict` and nothing of the batch is stored.
         """
-        batch.check()
+        result = self.insert_decision_batches([batch])[0]
+        if isinstance(result, EventConflict):
+            raise result
+        return result
+
+    def insert_decision_batches(
+        self, batches: Sequence[DecisionBatch]
+    ) -> list[dict[str, StoredDecision] | EventConflict]:
+        """Group commit: store several batches (e.g. of concurrent requests) in one
+        transaction when none of them replays an event id; otherwise each on its own, with
+        :meth:`insert_decisions`' result per batch (an :class:`EventConflict` is returned in
+        its batch's place, not raised, and the other batches are stored)."""
+        for batch in batches:
+            batch.check()
+        ids = [e for batch in batches for e in batch.event_ids]
         with self._lock:
-            with self._transaction() as tx:
-                cur = self._db.executemany(_INSERT_DECISION, batch.rows())
-                if cur.rowcount == len(batch):
-                    return {}
+            if len(set(ids)) == len(ids):
+                with self._transaction() as tx:
+                    inserted = sum(self._insert(batch, None) for batch in batches)
+                    if inserted == len(ids):
+                        return [{} for _ in batches]
+                    tx.rollback()
+            # Replays (or ids shared between batches) are rare: one transaction per batch.
+            return [self._insert_with_replays(batch) for batch in batches]
+
+    def _insert_with_replays(
+        self, batch: DecisionBatch
+    ) -> dict[str, StoredDecision] | EventConflict:
+        with self._transaction() as tx:
+            stored = self._get(batch.event_ids)
+            conflicts = [
+                event_id
+                for i, event_id in enumerate(batch.event_ids)
+                if event_id in stored
+                and not stored[event_id].same_inputs(
+                    batch.customer_ids[i],
+                    batch.features[i],
+                    batch.eligible[i],
+                    int(batch.baseline_action_index[i]),
+                )
+            ]
+            if conflicts:
                 tx.rollback()
-            # Replays are rare: redo the batch knowing which ids exist.
-            with self._transaction():
-                stored = self._get(batch.event_ids)
-                conflicts = [
-                    event_id
-                    for i, event_id in enumerate(batch.event_ids)
-                    if event_id in stored
-                    and not stored[event_id].same_inputs(
-                        batch.customer_ids[i],
-                        batch.features[i],
-                        batch.eligible[i],
-                        int(batch.baseline_action_index[i]),
-                    )
-                ]
-                if conflicts:
-                    raise EventConflict(
-                        f"event_id {_some(conflicts)} was already decided with different "
-                        "inputs (customer, features, eligibility or baseline); use a new "
-                        "event_id",
-                        conflicts,
-                    )
-                fresh = [i for i, e in enumerate(batch.event_ids) if e not in stored]
-                self._db.executemany(_INSERT_DECISION, batch.rows(fresh))
-            return stored
+                return EventConflict(
+                    f"event_id {_some(conflicts)} was already decided with different "
+                    "inputs (customer, features, eligibility or baseline); use a new "
+                    "event_id",
+                    conflicts,
+                )
+            fresh = [i for i, e in enumerate(batch.event_ids) if e not in stored]
+            if fresh:
+                self._insert(batch, fresh)
+        return stored
+
+    def _insert(self, batch: DecisionBatch, indices: Sequence[int] | None) -> int:
+        """Insert the batch's request and (the ``indices`` of) its decisions with OR IGNORE;
+        returns how many decisions were inserted."""
+        request = self._db.execute(_INSERT_REQUEST, batch.request_row()).lastrowid
+        assert request is not None
+        rows = batch.rows(request, indices)
+        inserted = 0
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            chunk = rows[start : start + _INSERT_CHUNK]
+            sql = _insert_decisions_sql(len(chunk))
+            inserted += self._db.execute(sql, chunk.ravel().tolist()).rowcount
+        return inserted
 
     def _get(self, event_ids: Sequence[str]) -> dict[str, StoredDecision]:
-        rows = self._select_in(_SELECT_DECISION + " WHERE event_id IN ({marks})", event_ids)
+        rows = self._select_in(_SELECT_DECISION + " WHERE d.event_id IN ({marks})", event_ids)
         return {r[0]: StoredDecision.from_row(r) for r in rows}
 
     def get_decisions(self, event_ids: Sequence[str]) -> dict[str, StoredDecision]:

@@ -48,8 +48,8 @@ not passed yet (``reward`` null). Pending rows are left out unless ``include_pen
 The log is opened read-only (SQLite URI ``mode=ro``) and read in one read transaction, so an
 export sees one consistent snapshot of a live log and never writes to it (SQLite may leave
 empty ``-wal`` / ``-shm`` files next to a closed log). Rows are read in chunks of
-``chunk_rows`` by ``seq`` and their BLOBs decoded in bulk with numpy, so only one chunk exists
-as Python objects at a time; the chunks stream into ``pyarrow.dataset.write_dataset``.
+``chunk_rows`` by ``seq`` (each request's matrices fetched once per chunk) and decoded in
+bulk with numpy, so only one chunk exists as Python objects at a time; the chunks stream into ``pyarrow.dataset.write_dataset``.
 """
 
 from __future__ import annotations
@@ -105,13 +105,52 @@ EXPORT_SCHEMA = pa.schema(
 """Columns of an export, in order (the table in the module docstring)."""
 
 _SELECT_CHUNK = """
-SELECT d.seq, d.event_id, d.customer_id, d.decided_at_us, d.activation, d.action_index,
+SELECT d.seq, d.event_id, d.customer_id, d.decided_at_us, d.request, d.action_index,
        d.propensity, d.policy_action_index, d.policy_propensity, d.baseline_action_index,
-       d.explored, d.features, d.eligible, d.probabilities,
+       d.explored, d.request_row,
        o.event_id, o.reward, o.purchase, o.spend, o.opt_out, o.reported_at_us
 FROM decisions AS d LEFT JOIN outcomes AS o ON o.event_id = d.event_id
 WHERE d.seq > ? ORDER BY d.seq LIMIT ?
 """
+_SELECT_REQUESTS = """
+SELECT id, activation, n_features, n_actions, features, eligible, probabilities
+FROM requests WHERE id IN ({marks})
+"""
+
+
+def _with_request_data(
+    db: sqlite3.Connection, rows: list[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """Chunk rows with each decision's activation, features, eligibility and probabilities
+    taken from its request (fetched once per request): the layout :func:`_chunk_batch` reads.
+    """
+    ids = sorted({r[4] for r in rows})
+    requests = {}
+    for start in range(0, len(ids), 900):
+        part = ids[start : start + 900]
+        for rid, *rest in db.execute(
+            _SELECT_REQUESTS.format(marks=", ".join("?" * len(part))), part
+        ):
+            requests[rid] = rest
+    out = []
+    for r in rows:
+        request = requests.get(r[4])
+        if request is None:
+            raise DecisionLogError(f"decision {r[1]!r} names request {r[4]}, which the log lacks")
+        activation, n_features, n_actions, features, eligible, probs = request
+        i = r[11]
+        out.append(
+            (
+                *r[:4],
+                activation,
+                *r[5:11],
+                features[4 * i * n_features : 4 * (i + 1) * n_features],
+                eligible[i * n_actions : (i + 1) * n_actions],
+                None if probs is None else probs[8 * i * n_actions : 8 * (i + 1) * n_actions],
+                *r[12:],
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -380,6 +419,7 @@ def export_parquet(
                 if not rows:
                     return
                 last_seq = rows[-1][0]
+                rows = _with_request_data(db, rows)
                 batch = _chunk_batch(
                     rows,
                     acts,
