@@ -49,7 +49,8 @@ The log is opened read-only (SQLite URI ``mode=ro``) and read in one read transa
 export sees one consistent snapshot of a live log and never writes to it (SQLite may leave
 empty ``-wal`` / ``-shm`` files next to a closed log). Rows are read in chunks of
 ``chunk_rows`` by ``seq`` (each request's matrices fetched once per chunk) and decoded in
-bulk with numpy, so only one chunk exists as Python objects at a time; the chunks stream into ``pyarrow.dataset.write_dataset``.
+bulk with numpy, so only one chunk exists as Python objects at a time; the chunks stream
+into ``pyarrow.dataset.write_dataset``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ the decision log, and a hot reload sent to any of them reaches all through it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hmac
 import json
@@ -389,7 +390,8 @@ def running_server(
     """Run a server on its own event-loop thread for the duration of a ``with`` block
     (tests, notebooks, the demo); stopped with ``config.grace_s`` on exit."""
     loop = asyncio.new_event_loop()
-    started: asyncio.Future[tuple[DecisionServer, int]] = loop.create_future()
+    # A thread-safe future: set from the loop's thread, waited on from this one.
+    started: concurrent.futures.Future[tuple[DecisionServer, int]] = concurrent.futures.Future()
     stop_requested = asyncio.Event()
 
     async def main() -> None:
@@ -405,14 +407,15 @@ def running_server(
 
     thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
     thread.start()
-    server, port = asyncio.run_coroutine_threadsafe(_wait(started), loop).result(timeout=60)
+    try:
+        server, port = started.result(timeout=60)
+    except BaseException:
+        thread.join(timeout=60)
+        loop.close()
+        raise
     try:
         yield server, port
     finally:
         loop.call_soon_threadsafe(stop_requested.set)
         thread.join(timeout=60)
         loop.close()
-
-
-async def _wait(future: asyncio.Future[Any]) -> Any:
-    return await future

@@ -122,8 +122,21 @@ class ServingModel:
             raise ValueError(f"{self.bundle.path}: the policy gives no valid distribution")
 
     # ------------------------------------------------------------------ decisions
-    def probabilities(self, features: np.ndarray, eligible: np.ndarray) -> np.ndarray:
-        """(N, A) served distribution for raw features (N, F) and eligibility (N, A)."""
+    def probabilities(
+        self, features: np.ndarray, eligible: np.ndarray, event_ids: list[str] | None = None
+    ) -> np.ndarray:
+        """(N, A) served distribution for raw features (N, F) and eligibility (N, A); zero on
+        ineligible actions. ``event_ids`` seed Monte Carlo estimates (Thompson sampling)."""
+        probs = self._probabilities(features, eligible, event_ids or [""] * len(features))
+        if (probs[~eligible] > 0).any():
+            raise ValueError(
+                f"{self.bundle.path}: the policy put probability on an ineligible action"
+            )
+        return probs
+
+    def _probabilities(
+        self, features: np.ndarray, eligible: np.ndarray, event_ids: list[str]
+    ) -> np.ndarray:
         policy = self.bundle.policy
         mode, param = self.exploration.mode, self.exploration.param
         if isinstance(policy, MLPPolicy):
@@ -135,6 +148,15 @@ class ServingModel:
                 return p / p.sum(axis=1, keepdims=True)
             own = policy.probabilities_from_scores(scores, eligible)
             greedy_from = scores
+        elif policy.monte_carlo_probabilities:
+            # A Monte Carlo estimate must not depend on what else this process decided: each
+            # row gets its own generator, seeded by (model version, event id).
+            seeds = hash_words(self._salt + b"mc\0", event_ids)
+            own = np.empty(eligible.shape)
+            for i, seed in enumerate(seeds.tolist()):
+                policy.seed(seed)
+                own[i] = policy.action_probabilities(features[i : i + 1], eligible[i : i + 1])[0]
+            greedy_from = own
         else:
             own = policy.action_probabilities(features, eligible)
             greedy_from = own
@@ -151,7 +173,7 @@ class ServingModel:
 
     def decide(self, event_ids: list[str], features: np.ndarray, eligible: np.ndarray) -> Draws:
         """The policy's draw per row, its propensity, and whether it explored."""
-        probs = self.probabilities(features, eligible)
+        probs = self.probabilities(features, eligible, event_ids)
         cdf = np.cumsum(probs, axis=1)
         u = self.uniforms(event_ids) * cdf[:, -1]
         action = (cdf <= u[:, None]).sum(axis=1)
@@ -169,17 +191,24 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def hash_uniforms(salt: bytes, keys: list[str]) -> np.ndarray:
-    """U[0, 1) per key: a SplitMix64 chain over the 8-byte words of ``salt + key``.
+def hash_words(salt: bytes, keys: list[str]) -> np.ndarray:
+    """A 64-bit hash per key: a SplitMix64 chain over the 8-byte words of ``salt + key``.
 
     Vectorized over keys (a per-key cryptographic hash costs about a microsecond each, which
-    matters at batch sizes of thousands); the draw needs uniformity, not secrecy."""
+    matters at batch sizes of thousands); sampling needs uniformity, not secrecy. A key's hash
+    depends on its own bytes only (the zero padding to the longest key is not mixed in)."""
     raw = [salt + k.encode() for k in keys]
     width = max(8, -(-max(map(len, raw)) // 8) * 8)
     words = np.array(raw, dtype=f"S{width}").view("<u8").reshape(len(raw), width // 8)
     lengths = np.array([len(r) for r in raw], dtype=np.uint64)
+    n_words = (lengths + np.uint64(7)) // np.uint64(8)
     with np.errstate(over="ignore"):
         h = _mix(lengths * _GOLDEN)
-        for column in words.T:
-            h = _mix(h ^ column + _GOLDEN)
-    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        for j, column in enumerate(words.T):
+            h = np.where(n_words > j, _mix(h ^ column + _GOLDEN), h)
+    return h
+
+
+def hash_uniforms(salt: bytes, keys: list[str]) -> np.ndarray:
+    """U[0, 1) per key from :func:`hash_words` (its top 53 bits)."""
+    return (hash_words(salt, keys) >> np.uint64(11)).astype(np.float64) * 2.0**-53

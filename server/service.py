@@ -585,9 +585,12 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             )
             if rows.return_probabilities:
                 decision.probabilities.extend(draws.probabilities[i].tolist())
-        if not replayed:
-            explored = int(draws.explored.sum())
-            self.state.metrics.count_decisions("baseline" if apprentice else "policy", explored, n)
+        new_rows = [i for i, e in enumerate(rows.event_ids) if e not in replayed]
+        self.state.metrics.count_decisions(
+            "baseline" if apprentice else "policy",
+            int(draws.explored[new_rows].sum()),
+            len(new_rows),
+        )
         return out, replayed
 
     def _replay(self, stored: StoredDecision, model: ServingModel, with_probs: bool) -> pb.Decision:

@@ -276,6 +276,7 @@ class LinTSPolicy(LinearBandit):
     """
 
     name = "lints"
+    monte_carlo_probabilities = True
 
     def __init__(
         self,

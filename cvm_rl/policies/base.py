@@ -22,6 +22,9 @@ class Policy(ABC):
     """
 
     name: str = "policy"
+    monte_carlo_probabilities: bool = False
+    """True when ``action_probabilities`` is a Monte Carlo estimate from ``self.rng`` (so it
+    changes from call to call unless the generator is re-seeded)."""
 
     def __init__(self, scenario: Scenario, *, seed: int | None = None) -> None:
         self.scenario = scenario

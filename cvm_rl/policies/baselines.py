@@ -113,4 +113,10 @@ class RuleBasedPolicy(Policy):
                 actions[take] = action
                 match &= ~take
                 decided |= take
-        return one_hot(actions, self.n_actions)
+        probs = one_hot(actions, self.n_actions)
+        # Where no contact is not allowed (the caller requires one) and no rule picked an
+        # eligible action, spread over the eligible actions rather than break the mask.
+        stuck = ~mask[np.arange(n), actions]
+        if stuck.any():
+            probs[stuck] = mask[stuck] / mask[stuck].sum(axis=1, keepdims=True)
+        return probs
