@@ -1,0 +1,102 @@
+"""Smoke test of the serving benchmark (``python -m bench.serve``) at a tiny size.
+
+Run as the benchmark is run, from the repository root (``bench`` is not an installed
+package); no speed is checked, only that every figure is there and plausible."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_KEYS = {
+    "workers",
+    "logging",
+    "measurement",
+    "in_flight",
+    "calls",
+    "decisions",
+    "seconds",
+    "decisions_per_s",
+    "p50_ms",
+    "p99_ms",
+    "mean_ms",
+    "server_cpu_cores",
+    "client_cpu_cores",
+    "other_cpu_cores",
+    "server_cpu_us_per_decision",
+}
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.serve", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    done = bench(
+        "--quick",
+        "--seconds", "0.3",
+        "--warmup-s", "0.1",
+        "--latency-calls", "30",
+        "--latency-warmup", "5",
+        "--concurrency", "4",
+        "--batch-rows", "16",
+        "--batch-in-flight", "2",
+        "--customers", "64",
+        "--weeks", "1",
+        "--workers", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.read_text())
+    assert result["bundle"]["hidden_layers"] == [64, 64]
+    assert "random weights" in done.stdout
+    runs = result["runs"]
+    assert {(r["logging"], r["measurement"]) for r in runs} == {
+        (log, m)
+        for log in ("on", "off")
+        for m in ("Decide, concurrency 1", "Decide, concurrency 4", "DecideBatch(16)")
+    }
+    for r in runs:
+        assert r.keys() >= RUN_KEYS, r["measurement"]
+        for key in ("calls", "decisions", "seconds", "decisions_per_s", "p50_ms", "p99_ms"):
+            assert r[key] > 0, (r["measurement"], key)
+        assert r["p50_ms"] <= r["p99_ms"]
+        rows = 16 if r["measurement"].startswith("DecideBatch") else 1
+        assert r["decisions"] == r["calls"] * rows
+    # Logging was really on: every decision made is in the log, no more and no less.
+    [check] = result["log_check"]
+    assert check["decisions_logged"] == check["decisions_made"] > 0
+    assert {c["measurement"] for c in result["logging_cost"]} == {
+        "Decide, concurrency 4",
+        "DecideBatch(16)",
+    }
+    # The batch floor is stated for 256 rows: only the latency floor applies at this size.
+    assert [f["floor"] for f in result["floors"]] == ["Decide p50 ms"]
+    assert "floor Decide p50 ms" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--seconds", "0"], "seconds and warmup_s must be > 0"),
+        (["--workers", "0"], "workers must list counts >= 1"),
+        (["--customers", "10"], r"customers must be >= batch_rows (256)"),
+    ],
+)
+def test_bad_arguments_are_refused(args: list[str], match: str) -> None:
+    done = bench(*args)
+    assert done.returncode == 2
+    assert match in done.stderr
