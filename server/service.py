@@ -451,6 +451,56 @@ def parse_batch(model: ServingModel, req: pb.DecideBatchRequest, max_rows: int) 
     )
 
 
+@dataclass
+class Served:
+    """What a request is answered with, per row (replays already substituted)."""
+
+    event_ids: list[str]
+    customer_ids: list[str]
+    action: np.ndarray
+    propensity: np.ndarray
+    explored: np.ndarray
+    source: np.ndarray  # DecisionSource codes
+    probabilities: np.ndarray  # (N, A)
+
+    def fill_messages(
+        self, add: Callable[..., pb.Decision], model: ServingModel, with_probabilities: bool
+    ) -> None:
+        """One Decision per row through ``add`` (a repeated field's ``add``)."""
+        actions = _action_protos(tuple(model.actions))
+        columns = zip(
+            self.event_ids,
+            self.customer_ids,
+            self.action.tolist(),
+            self.propensity.tolist(),
+            self.explored.tolist(),
+            self.source.tolist(),
+            strict=True,
+        )
+        for i, (event_id, customer_id, a, p, x, source) in enumerate(columns):
+            decision = add(
+                event_id=event_id,
+                customer_id=customer_id,
+                action=actions[a],
+                action_index=a,
+                propensity=p,
+                explored=x,
+                source=source,
+            )
+            if with_probabilities:
+                decision.probabilities.extend(self.probabilities[i].tolist())
+
+    def fill_packed(self, packed: pb.PackedDecisions, with_probabilities: bool) -> None:
+        """The rows as columns: a few list copies instead of a message per row."""
+        packed.event_ids.extend(self.event_ids)
+        packed.action_indices.extend(self.action.tolist())
+        packed.propensities.extend(self.propensity.tolist())
+        packed.explored.extend(self.explored.tolist())
+        packed.sources.extend(self.source.tolist())
+        if with_probabilities:
+            packed.probabilities.extend(self.probabilities.ravel().tolist())
+
+
 # --------------------------------------------------------------------------- servicers
 _T = TypeVar("_T")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_T]]
@@ -519,7 +569,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
 
     async def _decide(
         self, model: ServingModel, rows: ParsedRows, context: grpc.aio.ServicerContext
-    ) -> tuple[pb.DecideBatchResponse, dict[str, StoredDecision]]:
+    ) -> tuple[Served, dict[str, StoredDecision]]:
         draws = model.decide(rows.event_ids, rows.features, rows.eligible)
         n = len(rows.event_ids)
         apprentice = model.exploration.learning_mode == "apprentice"
@@ -561,54 +611,46 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 replayed = await self.state.writer.insert(batch)
             except EventConflict as exc:
                 raise RequestError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
-        source = pb.DECISION_SOURCE_BASELINE if apprentice else pb.DECISION_SOURCE_POLICY
-        actions = _action_protos(tuple(model.actions))
-        served_list = served.tolist()
-        propensity_list = propensity.tolist()
-        explored_list = draws.explored.tolist()
-        out = pb.DecideBatchResponse()
-        add = out.decisions.add
-        for i, event_id in enumerate(rows.event_ids):
-            stored = replayed.get(event_id)
-            if stored is not None:
-                add().CopyFrom(self._replay(stored, model, rows.return_probabilities))
-                continue
-            a = served_list[i]
-            decision = add(
-                event_id=event_id,
-                customer_id=rows.customer_ids[i],
-                action=actions[a],
-                action_index=a,
-                propensity=propensity_list[i],
-                explored=explored_list[i],
-                source=source,
-            )
-            if rows.return_probabilities:
-                decision.probabilities.extend(draws.probabilities[i].tolist())
+        source = np.full(
+            n, pb.DECISION_SOURCE_BASELINE if apprentice else pb.DECISION_SOURCE_POLICY
+        )
+        served_rows = Served(
+            rows.event_ids,
+            rows.customer_ids,
+            served.copy(),
+            propensity.copy(),
+            draws.explored.copy(),
+            source,
+            draws.probabilities,
+        )
+        if replayed:
+            self._apply_replays(served_rows, replayed)
         new_rows = [i for i, e in enumerate(rows.event_ids) if e not in replayed]
         self.state.metrics.count_decisions(
             "baseline" if apprentice else "policy",
             int(draws.explored[new_rows].sum()),
             len(new_rows),
         )
-        return out, replayed
+        return served_rows, replayed
 
-    def _replay(self, stored: StoredDecision, model: ServingModel, with_probs: bool) -> pb.Decision:
-        act = next((a for a in self.state.activations() if a.seq == stored.activation), None)
-        apprentice = act is not None and act.learning_mode == "apprentice"
-        offer, channel = model.actions[stored.action_index]
-        decision = pb.Decision(
-            event_id=stored.event_id,
-            customer_id=stored.customer_id,
-            action=pb.Action(offer_id=offer, channel=channel),
-            action_index=stored.action_index,
-            propensity=stored.propensity,
-            explored=stored.explored,
-            source=pb.DECISION_SOURCE_BASELINE if apprentice else pb.DECISION_SOURCE_POLICY,
-        )
-        if with_probs and stored.probabilities is not None:
-            decision.probabilities.extend(stored.probabilities.tolist())
-        return decision
+    def _apply_replays(self, served: Served, replayed: dict[str, StoredDecision]) -> None:
+        """Answer replayed event ids with what they were answered the first time."""
+        modes = {a.seq: a.learning_mode for a in self.state.activations()}
+        served.probabilities = served.probabilities.copy()
+        for i, event_id in enumerate(served.event_ids):
+            stored = replayed.get(event_id)
+            if stored is None:
+                continue
+            served.action[i] = stored.action_index
+            served.propensity[i] = stored.propensity
+            served.explored[i] = stored.explored
+            served.source[i] = (
+                pb.DECISION_SOURCE_BASELINE
+                if modes.get(stored.activation) == "apprentice"
+                else pb.DECISION_SOURCE_POLICY
+            )
+            if stored.probabilities is not None:
+                served.probabilities[i] = stored.probabilities
 
     def _stored_model_ref(self, stored: StoredDecision, fallback: ServingModel) -> pb.ModelRef:
         for act in self.state.activations():
@@ -624,13 +666,20 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
     ) -> pb.DecideResponse:
         model = self.state.current
         rows = parse_decide(model, request)
-        out, replayed = await self._decide(model, rows, context)
+        served, replayed = await self._decide(model, rows, context)
         ref = (
             self._stored_model_ref(replayed[rows.event_ids[0]], model)
             if replayed
             else model_ref(model)
         )
-        return pb.DecideResponse(decision=out.decisions[0], model=ref)
+        out = pb.DecideResponse(model=ref)
+
+        def set_decision(**fields: Any) -> pb.Decision:
+            out.decision.MergeFrom(pb.Decision(**fields))
+            return out.decision
+
+        served.fill_messages(set_decision, model, request.return_probabilities)
+        return out
 
     @_rpc("DecideBatch")
     async def DecideBatch(
@@ -638,8 +687,12 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
     ) -> pb.DecideBatchResponse:
         model = self.state.current
         rows = parse_batch(model, request, self.state.max_batch_rows)
-        out, _ = await self._decide(model, rows, context)
-        out.model.CopyFrom(model_ref(model))
+        served, _ = await self._decide(model, rows, context)
+        out = pb.DecideBatchResponse(model=model_ref(model))
+        if request.packed:
+            served.fill_packed(out.packed, request.return_probabilities)
+        else:
+            served.fill_messages(out.decisions.add, model, request.return_probabilities)
         return out
 
     async def _record(self, outcomes: Sequence[pb.Outcome], field: str) -> tuple[int, int]:

@@ -313,6 +313,31 @@ def test_decide_batch_round_trip(served: Served, bundles: Bundles) -> None:
     assert served.counts() == (7, 0)
 
 
+def test_packed_answers_equal_the_per_row_messages(served: Served, bundles: Bundles) -> None:
+    x = sample_features(bundles.mlp, 6, seed=14)
+    customers = [f"c{i}" for i in range(6)]
+    ids = [f"p-{i}" for i in range(6)]
+    messages = served.client.decide_batch(customers, x, event_ids=ids, return_probabilities=True)
+    # The same ids again, packed: replays, so the answers must be the stored ones.
+    packed = served.client.decide_batch_packed(
+        customers, x, event_ids=ids, return_probabilities=True
+    )
+    assert packed.event_ids == ids
+    assert packed.action_index.tolist() == [d.action_index for d in messages]
+    assert packed.propensity.tolist() == [d.propensity for d in messages]
+    assert packed.explored.tolist() == [d.explored for d in messages]
+    assert packed.source == [d.source for d in messages]
+    assert packed.probabilities is not None
+    np.testing.assert_array_equal(packed.probabilities, [d.probabilities for d in messages])
+    assert packed.model_id == messages[0].model_id
+    # New ids, packed without probabilities: logged like any decision.
+    fresh = served.client.decide_batch_packed(customers[:2], x[:2])
+    assert fresh.probabilities is None and len(fresh.event_ids) == 2
+    rows = served.stored(fresh.event_ids)
+    assert [rows[e].propensity for e in fresh.event_ids] == fresh.propensity.tolist()
+    assert served.counts() == (8, 0)
+
+
 def test_outcomes_are_recorded_with_their_counts(served: Served, bundles: Bundles) -> None:
     x = sample_features(bundles.mlp, 3, seed=5)
     ids = [d.event_id for d in served.client.decide_batch(["a", "b", "c"], x)]

@@ -147,7 +147,7 @@ class RowEligibilities(_message.Message):
     def __init__(self, rows: _Optional[_Iterable[_Union[Eligibility, _Mapping]]] = ...) -> None: ...
 
 class DecideBatchRequest(_message.Message):
-    __slots__ = ("event_ids", "customer_ids", "features", "n_features", "feature_names", "shared_eligibility", "row_eligibilities", "baseline_actions", "return_probabilities")
+    __slots__ = ("event_ids", "customer_ids", "features", "n_features", "feature_names", "shared_eligibility", "row_eligibilities", "baseline_actions", "return_probabilities", "packed")
     EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_IDS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,7 @@ class DecideBatchRequest(_message.Message):
     ROW_ELIGIBILITIES_FIELD_NUMBER: _ClassVar[int]
     BASELINE_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     RETURN_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     event_ids: _containers.RepeatedScalarFieldContainer[str]
     customer_ids: _containers.RepeatedScalarFieldContainer[str]
     features: _containers.RepeatedScalarFieldContainer[float]
@@ -166,15 +167,34 @@ class DecideBatchRequest(_message.Message):
     row_eligibilities: RowEligibilities
     baseline_actions: _containers.RepeatedCompositeFieldContainer[Action]
     return_probabilities: bool
-    def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., customer_ids: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[float]] = ..., n_features: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., shared_eligibility: _Optional[_Union[Eligibility, _Mapping]] = ..., row_eligibilities: _Optional[_Union[RowEligibilities, _Mapping]] = ..., baseline_actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., return_probabilities: _Optional[bool] = ...) -> None: ...
+    packed: bool
+    def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., customer_ids: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[float]] = ..., n_features: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., shared_eligibility: _Optional[_Union[Eligibility, _Mapping]] = ..., row_eligibilities: _Optional[_Union[RowEligibilities, _Mapping]] = ..., baseline_actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., return_probabilities: _Optional[bool] = ..., packed: _Optional[bool] = ...) -> None: ...
+
+class PackedDecisions(_message.Message):
+    __slots__ = ("event_ids", "action_indices", "propensities", "explored", "sources", "probabilities")
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_INDICES_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITIES_FIELD_NUMBER: _ClassVar[int]
+    EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    action_indices: _containers.RepeatedScalarFieldContainer[int]
+    propensities: _containers.RepeatedScalarFieldContainer[float]
+    explored: _containers.RepeatedScalarFieldContainer[bool]
+    sources: _containers.RepeatedScalarFieldContainer[DecisionSource]
+    probabilities: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., action_indices: _Optional[_Iterable[int]] = ..., propensities: _Optional[_Iterable[float]] = ..., explored: _Optional[_Iterable[bool]] = ..., sources: _Optional[_Iterable[_Union[DecisionSource, str]]] = ..., probabilities: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DecideBatchResponse(_message.Message):
-    __slots__ = ("decisions", "model")
+    __slots__ = ("decisions", "model", "packed")
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     decisions: _containers.RepeatedCompositeFieldContainer[Decision]
     model: ModelRef
-    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+    packed: PackedDecisions
+    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., packed: _Optional[_Union[PackedDecisions, _Mapping]] = ...) -> None: ...
 
 class Outcome(_message.Message):
     __slots__ = ("event_id", "reward", "purchase", "spend", "opt_out", "reported_at")
