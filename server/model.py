@@ -198,6 +198,8 @@ def hash_words(salt: bytes, keys: list[str]) -> np.ndarray:
     matters at batch sizes of thousands); sampling needs uniformity, not secrecy. A key's hash
     depends on its own bytes only (the zero padding to the longest key is not mixed in)."""
     raw = [salt + k.encode() for k in keys]
+    if len(raw) <= _SCALAR_KEYS:
+        return np.array([_hash_scalar(r) for r in raw], dtype=np.uint64)
     width = max(8, -(-max(map(len, raw)) // 8) * 8)
     words = np.array(raw, dtype=f"S{width}").view("<u8").reshape(len(raw), width // 8)
     lengths = np.array([len(r) for r in raw], dtype=np.uint64)
@@ -206,6 +208,28 @@ def hash_words(salt: bytes, keys: list[str]) -> np.ndarray:
         h = _mix(lengths * _GOLDEN)
         for j, column in enumerate(words.T):
             h = np.where(n_words > j, _mix(h ^ column + _GOLDEN), h)
+    return h
+
+
+_SCALAR_KEYS = 8  # below this many keys, Python ints beat numpy's per-call overhead
+_MASK = 2**64 - 1
+
+
+def _mix_scalar(x: int) -> int:
+    """:func:`_mix` on one Python int."""
+    x = ((x ^ (x >> 30)) * int(_MIX1)) & _MASK
+    x = ((x ^ (x >> 27)) * int(_MIX2)) & _MASK
+    return x ^ (x >> 31)
+
+
+def _hash_scalar(raw: bytes) -> int:
+    """:func:`hash_words` of one key, with Python ints (same result)."""
+    golden = int(_GOLDEN)
+    h = _mix_scalar((len(raw) * golden) & _MASK)
+    padded = raw + bytes(-len(raw) % 8)
+    for start in range(0, len(padded), 8):
+        word = int.from_bytes(padded[start : start + 8], "little")
+        h = _mix_scalar(h ^ ((word + golden) & _MASK))
     return h
 
 

@@ -552,6 +552,12 @@ def test_hash_uniforms_of_a_key_is_independent_of_the_other_keys() -> None:
     alone = hash_uniforms(salt, ["evt-1"])
     together = hash_uniforms(salt, ["evt-1", "a-much-longer-event-id-than-the-first"])
     assert alone[0] == together[0]
+    # Few keys are hashed with Python ints, many with numpy: the same function either way.
+    keys = ["", "a", "x" * 8, "y" * 9, *(f"event-{i}" * (i % 7) for i in range(40))]
+    vectorized = hash_uniforms(salt, keys)
+    one_by_one = np.concatenate([hash_uniforms(salt, [k]) for k in keys])
+    np.testing.assert_array_equal(vectorized, one_by_one)
+    assert len(set(vectorized.tolist())) == len(set(keys))
 
 
 def test_rules_bundle_never_serves_an_ineligible_action(
