@@ -45,9 +45,7 @@ import json
 import math
 import os
 import platform
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -64,6 +62,7 @@ from cvm_rl.decision_log import DecisionLog
 from cvm_rl.policies.mlp import MLPPolicy
 from cvm_rl.training import TrainConfig
 from server.generated.cvm.v1 import decision_pb2 as pb
+from server.process import ServeProcess, serve_process
 from simulator.config import Scenario, load_scenario
 from simulator.core import observation_feature_names
 
@@ -79,7 +78,6 @@ CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 # Requests are pre-built for this many times the warm-up's rate (a timed loop that runs out
 # ends early and says so).
 POOL_HEADROOM = 2.0
-SERVER_START_TIMEOUT_S = 120.0
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -321,57 +319,20 @@ def server_connections(port: int, pids: Sequence[int]) -> dict[int, set[int]]:
     return held
 
 
-@dataclass
-class ServerProcess:
-    """A running ``cvm serve`` subprocess: its port and the pids of its serving workers."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    pids: list[int]
-    stderr_path: Path
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
 @contextlib.contextmanager
 def running_server(
     bundle: Path, workers: int, log_path: Path | None, workdir: Path
-) -> Iterator[ServerProcess]:
-    """``cvm serve`` on 127.0.0.1 port 0 until the block ends; then SIGTERM and wait."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    ready = workdir / "ready.json"
-    stderr_path = workdir / "server.stderr"
-    cmd = [
-        sys.executable, "-m", "cvm_rl.cli", "serve",
-        "--bundle", str(bundle), "--host", "127.0.0.1", "--port", "0",
-        "--workers", str(workers), "--ready-file", str(ready),
+) -> Iterator[ServeProcess]:
+    """``cvm serve`` on 127.0.0.1 port 0 until the block ends; it must stop cleanly."""
+    args = [
+        "--bundle", str(bundle), "--host", "127.0.0.1", "--workers", str(workers),
         *(["--no-log"] if log_path is None else ["--log", str(log_path)]),
     ]  # fmt: skip
-    with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"cvm serve did not start (exit code {proc.poll()}): "
-                    f"{stderr_path.read_text()[-2000:]}"
-                )
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        yield ServerProcess(proc, int(info["port"]), [int(p) for p in info["pids"]], stderr_path)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise RuntimeError("cvm serve did not stop within 60 s of SIGTERM") from None
+    with serve_process(args, workdir) as server:
+        yield server
+        code = server.stop()
     if code != 0:
-        raise RuntimeError(f"cvm serve exited with {code}: {stderr_path.read_text()[-2000:]}")
+        raise RuntimeError(f"cvm serve exited with {code}: {server.stderr()[-2000:]}")
 
 
 # --------------------------------------------------------------------------- the client
@@ -402,7 +363,7 @@ def check_batch_response(raw: bytes, request: bytes, rows: int) -> None:
         )
 
 
-def unary_latency(server: ServerProcess, requests: list[bytes], warmup: int) -> dict[str, Any]:
+def unary_latency(server: ServeProcess, requests: list[bytes], warmup: int) -> dict[str, Any]:
     """Blocking Decide calls one after another; the first ``warmup`` are not timed."""
     with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
         call = channel.unary_unary(DECIDE, request_serializer=None, response_deserializer=None)
@@ -431,7 +392,7 @@ def unary_latency(server: ServerProcess, requests: list[bytes], warmup: int) -> 
 
 
 async def balanced_channels(
-    server: ServerProcess, per_worker: int, max_attempts: int = 200
+    server: ServeProcess, per_worker: int, max_attempts: int = 200
 ) -> list[grpc.aio.Channel]:
     """``per_worker`` connections to each serving worker, in worker order.
 
@@ -522,7 +483,7 @@ async def closed_loop(
 
 
 async def throughput(
-    server: ServerProcess,
+    server: ServeProcess,
     channels: Sequence[grpc.aio.Channel],
     method: str,
     make_requests: Callable[[str, int], RequestPool],
@@ -563,7 +524,7 @@ async def throughput(
 
 
 async def throughput_runs(
-    server: ServerProcess, requests: Requests, args: Args, tag: str
+    server: ServeProcess, requests: Requests, args: Args, tag: str
 ) -> list[dict[str, Any]]:
     """Unary Decide at ``concurrency`` and DecideBatch with ``batch_in_flight``, on one
     connection per worker."""

@@ -8,10 +8,6 @@ the simulator and reports each customer's week as the outcome.
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,9 +18,8 @@ from cvm_rl.bundle import load_bundle
 from cvm_rl.decision_log import DecisionLog, now_us
 from cvm_rl.log_export import export_parquet
 from server.client import DecisionClient, Eligibility, Outcome
+from server.process import serve_process
 from simulator.vector_env import CustomerLifecycleVectorEnv
-
-READY_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -46,40 +41,6 @@ class ServingDemoSummary:
     seconds: float
 
 
-def start_server(
-    args: list[str], ready_file: Path, stderr_path: Path
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``cvm serve ARGS --port 0 --ready-file F`` and wait until it serves."""
-    ready_file.unlink(missing_ok=True)
-    stderr = stderr_path.open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cvm_rl.cli",
-            "serve",
-            *args,
-            "--port",
-            "0",
-            "--ready-file",
-            str(ready_file),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-    )
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not ready_file.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"cvm serve exited with {proc.returncode}: {stderr_path.read_text()[-2000:]}"
-            )
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"cvm serve not ready after {READY_TIMEOUT_S} s")
-        time.sleep(0.05)
-    return proc, int(json.loads(ready_file.read_text())["port"])
-
-
 def run_serving_demo(
     bundle_dir: str | Path,
     out: str | Path,
@@ -97,13 +58,9 @@ def run_serving_demo(
     for suffix in ("", "-wal", "-shm"):
         Path(f"{log_path}{suffix}").unlink(missing_ok=True)
     bundle = load_bundle(bundle_dir)
-    proc, port = start_server(
-        ["--bundle", str(bundle_dir), "--log", str(log_path)],
-        out / "ready.json",
-        out / "server.log",
-    )
-    try:
-        with DecisionClient(f"127.0.0.1:{port}") as client:
+    with serve_process(["--bundle", str(bundle_dir), "--log", str(log_path)], out) as server:
+        port = server.port
+        with DecisionClient(server.target) as client:
             info = client.policy_info()
             env = CustomerLifecycleVectorEnv(num_envs=customers, scenario=bundle.scenario)
             obs, env_info = env.reset(seed=seed)
@@ -151,9 +108,7 @@ def run_serving_demo(
                 event_ids=[first.event_id],
                 eligibility=[first_eligibility],
             )[0]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        exit_code = proc.wait(timeout=60)
+        exit_code = server.stop()
     with DecisionLog(log_path) as decision_log:
         logged_decisions = decision_log.count("decisions")
         logged_outcomes = decision_log.count("outcomes")

@@ -67,7 +67,12 @@ def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     assert {(r["logging"], r["measurement"]) for r in runs} == {
         (log, m)
         for log in ("on", "off")
-        for m in ("Decide, concurrency 1", "Decide, concurrency 4", "DecideBatch(16)")
+        for m in (
+            "Decide, concurrency 1",
+            "Decide, concurrency 4",
+            "DecideBatch(16)",
+            "DecideBatch(16), packed",
+        )
     }
     for r in runs:
         assert r.keys() >= RUN_KEYS, r["measurement"]
@@ -82,6 +87,7 @@ def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     assert {c["measurement"] for c in result["logging_cost"]} == {
         "Decide, concurrency 4",
         "DecideBatch(16)",
+        "DecideBatch(16), packed",
     }
     # The batch floor is stated for 256 rows: only the latency floor applies at this size.
     assert [f["floor"] for f in result["floors"]] == ["Decide p50 ms"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import re
 import signal
@@ -19,7 +18,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from server_fixtures import Bundles, log_counts, make_bundles, sample_features
 from cvm_rl.cli import main as cvm_main
 from cvm_rl.decision_log import DecisionLog
 from server.client import DecisionClient, Outcome
+from server.process import ServeProcess, serve_process
 
 SERVE = [sys.executable, "-m", "cvm_rl.cli", "serve"]
 START_TIMEOUT_S = 60.0
@@ -42,23 +41,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     return make_bundles(tmp_path_factory.mktemp("process-bundles"))
 
 
-@dataclass
-class ServeProcess:
-    """A running ``cvm serve``: the process, its port and serving pids, its stderr file."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    pids: list[int]
-    stderr_path: Path
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -69,43 +51,9 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def cvm_serve(workdir: Path, *args: str) -> Iterator[ServeProcess]:
-    """Start ``cvm serve ARGS --port 0`` and wait for its ready file; on exit SIGTERM it (and
-    SIGKILL it and its workers if they outlive the grace)."""
-    run = next(_runs)
-    ready = workdir / f"ready-{run}.json"
-    stderr_path = workdir / f"serve-{run}.stderr"
-    with stderr_path.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [*SERVE, "--port", "0", "--ready-file", str(ready), *args],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            cwd=workdir,
-        )
-    pids: list[int] = []
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"cvm serve exited {proc.returncode} before it was ready:\n"
-                    + stderr_path.read_text(errors="replace")
-                )
-            assert time.monotonic() < deadline, "cvm serve was not ready in time"
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        pids = [int(p) for p in info["pids"]]
-        yield ServeProcess(proc, int(info["port"]), pids, stderr_path)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT_S)
-        for pid in pids:
-            if pid != proc.pid and _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    """``cvm serve ARGS`` on a free port until the block ends (then stopped, or killed)."""
+    with serve_process(args, workdir, name=f"serve-{next(_runs)}") as server:
+        yield server
 
 
 def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
