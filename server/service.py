@@ -653,12 +653,14 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 served.probabilities[i] = stored.probabilities
 
     def _stored_model_ref(self, stored: StoredDecision, fallback: ServingModel) -> pb.ModelRef:
-        for act in self.state.activations():
-            if act.seq == stored.activation:
-                return pb.ModelRef(
-                    model_id=act.model_id, model_version=act.model_id.rsplit("-", 1)[-1]
-                )
-        return model_ref(fallback)
+        """The model that made a stored decision (a replay answers with it)."""
+        act = next((a for a in self.state.activations() if a.seq == stored.activation), None)
+        record = None
+        if act is not None and self.state.log is not None:
+            record = self.state.log.models().get(act.model_id)
+        if record is None:
+            return model_ref(fallback)
+        return pb.ModelRef(model_id=record.model_id, model_version=record.model_version)
 
     @_rpc("Decide")
     async def Decide(
