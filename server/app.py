@@ -58,6 +58,10 @@ class ServerConfig:
     tls_cert: str | Path | None = None
     tls_key: str | Path | None = None
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
+    # The full distribution per decision (200 bytes at 25 actions); the propensity of the
+    # served action is always logged, and the distribution can be recomputed from the logged
+    # features with the bundle, so high-volume deployments may turn this off.
+    log_probabilities: bool = True
     synchronous: str = "normal"
     admin: bool = True
     metrics_port: int | None = None
@@ -198,7 +202,12 @@ def create_server(address: str, config: ServerConfig) -> tuple[DecisionServer, i
         acts = decision_log.activations()
         adopt = acts[-1] if acts and acts[-1].model_id == model.model_id else None
     state = ServingState(
-        model, decision_log, ServerMetrics(), max_batch_rows=config.max_batch_rows, adopt=adopt
+        model,
+        decision_log,
+        ServerMetrics(),
+        max_batch_rows=config.max_batch_rows,
+        log_probabilities=config.log_probabilities,
+        adopt=adopt,
     )
     interceptors = [] if config.auth_token is None else [BearerTokenInterceptor(config.auth_token)]
     options = [

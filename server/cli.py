@@ -35,6 +35,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-log", action="store_true", help="keep no decision log (benchmarks only)"
     )
     parser.add_argument(
+        "--no-log-probabilities",
+        action="store_true",
+        help="log the served propensity only, not each decision's full distribution",
+    )
+    parser.add_argument(
         "--durability",
         choices=["normal", "full"],
         default="normal",
@@ -111,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         max_batch_rows=args.max_batch_rows,
+        log_probabilities=not args.no_log_probabilities,
         synchronous=args.durability,
         admin=not args.no_admin,
         metrics_port=args.metrics_port,

@@ -192,11 +192,12 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def hash_words(salt: bytes, keys: list[str]) -> np.ndarray:
-    """A 64-bit hash per key: a SplitMix64 chain over the 8-byte words of ``salt + key``.
+    """A 64-bit hash per key: the key's length, then an xor-multiply step per 8-byte word of
+    ``salt + key`` (little-endian, the last one zero-padded), then the SplitMix64 finalizer.
 
     Vectorized over keys (a per-key cryptographic hash costs about a microsecond each, which
     matters at batch sizes of thousands); sampling needs uniformity, not secrecy. A key's hash
-    depends on its own bytes only (the zero padding to the longest key is not mixed in)."""
+    depends on its own bytes only, not on the other keys of the call."""
     raw = [salt + k.encode() for k in keys]
     if len(raw) <= _SCALAR_KEYS:
         return np.array([_hash_scalar(r) for r in raw], dtype=np.uint64)
@@ -205,32 +206,27 @@ def hash_words(salt: bytes, keys: list[str]) -> np.ndarray:
     lengths = np.array([len(r) for r in raw], dtype=np.uint64)
     n_words = (lengths + np.uint64(7)) // np.uint64(8)
     with np.errstate(over="ignore"):
-        h = _mix(lengths * _GOLDEN)
+        h = lengths * _GOLDEN
         for j, column in enumerate(words.T):
-            h = np.where(n_words > j, _mix(h ^ column + _GOLDEN), h)
-    return h
+            active = n_words > j
+            step = (h ^ column) * _MIX1
+            h = step if active.all() else np.where(active, step, h)
+        return _mix(h)
 
 
-_SCALAR_KEYS = 8  # below this many keys, Python ints beat numpy's per-call overhead
+_SCALAR_KEYS = 8  # up to this many keys, Python ints beat numpy's per-call overhead
 _MASK = 2**64 - 1
 
 
-def _mix_scalar(x: int) -> int:
-    """:func:`_mix` on one Python int."""
-    x = ((x ^ (x >> 30)) * int(_MIX1)) & _MASK
-    x = ((x ^ (x >> 27)) * int(_MIX2)) & _MASK
-    return x ^ (x >> 31)
-
-
 def _hash_scalar(raw: bytes) -> int:
-    """:func:`hash_words` of one key, with Python ints (same result)."""
-    golden = int(_GOLDEN)
-    h = _mix_scalar((len(raw) * golden) & _MASK)
+    """:func:`hash_words` of one key, with Python ints (the same result)."""
+    h = (len(raw) * int(_GOLDEN)) & _MASK
     padded = raw + bytes(-len(raw) % 8)
     for start in range(0, len(padded), 8):
-        word = int.from_bytes(padded[start : start + 8], "little")
-        h = _mix_scalar(h ^ ((word + golden) & _MASK))
-    return h
+        h = ((h ^ int.from_bytes(padded[start : start + 8], "little")) * int(_MIX1)) & _MASK
+    h = ((h ^ (h >> 30)) * int(_MIX1)) & _MASK
+    h = ((h ^ (h >> 27)) * int(_MIX2)) & _MASK
+    return h ^ (h >> 31)
 
 
 def hash_uniforms(salt: bytes, keys: list[str]) -> np.ndarray:

@@ -119,6 +119,7 @@ class ServingState:
         metrics: ServerMetrics,
         *,
         max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+        log_probabilities: bool = True,
         reason: str = "start",
         adopt: Activation | None = None,
     ) -> None:
@@ -127,6 +128,7 @@ class ServingState:
         self.log = decision_log
         self.metrics = metrics
         self.max_batch_rows = max_batch_rows
+        self.log_probabilities = log_probabilities
         self.exploration = model.exploration
         self._local: list[Activation] = []  # activations of this process when there is no log
         self._models: dict[str, ServingModel] = {}
@@ -604,7 +606,7 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
                 explored=draws.explored,
                 features=rows.features,
                 eligible=rows.eligible,
-                probabilities=draws.probabilities,
+                probabilities=draws.probabilities if self.state.log_probabilities else None,
             )
             _check_deadline(context)
             try:
