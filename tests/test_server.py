@@ -338,6 +338,18 @@ def test_packed_answers_equal_the_per_row_messages(served: Served, bundles: Bund
     assert served.counts() == (8, 0)
 
 
+def test_distributions_can_be_left_out_of_the_log(start: StartServer, bundles: Bundles) -> None:
+    served = start(log_probabilities=False)
+    x = sample_features(bundles.mlp, 3, seed=21)
+    decisions = served.client.decide_batch(["a", "b", "c"], x, return_probabilities=True)
+    rows = served.stored([d.event_id for d in decisions])
+    for d in decisions:
+        row = rows[d.event_id]
+        assert row.probabilities is None  # not stored...
+        assert row.propensity == d.propensity  # ...but the served propensity always is
+        assert d.probabilities[d.action_index] == d.propensity  # and the answer is complete
+
+
 def test_outcomes_are_recorded_with_their_counts(served: Served, bundles: Bundles) -> None:
     x = sample_features(bundles.mlp, 3, seed=5)
     ids = [d.event_id for d in served.client.decide_batch(["a", "b", "c"], x)]
