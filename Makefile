@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.simulator
 	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.policies
+	$(BIN)/python -m bench.serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
