@@ -43,6 +43,8 @@ DECISION_SERVICE = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["DecisionAdmin"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 FOLLOW_INTERVAL_S = 0.5
+# WAL checkpoints run on a background thread this often, never inside a request's commit.
+CHECKPOINT_INTERVAL_S = 0.5
 # Room for the largest allowed DecideBatch (rows x features floats plus ids) and more.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -195,7 +197,11 @@ def create_server(address: str, config: ServerConfig) -> tuple[DecisionServer, i
     decision_log = (
         None
         if config.log_path is None
-        else DecisionLog(config.log_path, synchronous=config.synchronous)  # type: ignore[arg-type]
+        else DecisionLog(
+            config.log_path,
+            synchronous=config.synchronous,  # type: ignore[arg-type]
+            checkpoint_interval_s=CHECKPOINT_INTERVAL_S,
+        )
     )
     adopt = None
     if config.adopt_latest and decision_log is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -417,3 +418,34 @@ def test_other_schema_version_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(DecisionLogError, match="schema_version 99, but this cvm-rl reads 1"):
         DecisionLog(path)
+
+
+def _file_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.db"
+    with DecisionLog(path, checkpoint_interval_s=0.05) as log:
+        act = log.activate(
+            MODEL,
+            learning_mode="online",
+            exploration="policy",
+            exploration_param=0.0,
+            reason="start",
+        )
+        start_size = _file_size(path)
+        log.insert_decisions(make_batch([f"e{i}" for i in range(400)], act.seq, seed=3))
+        wal = Path(f"{path}-wal")
+        assert _file_size(wal) > 0  # the commit went to the WAL...
+        deadline = time.monotonic() + 10
+        while _file_size(path) <= start_size and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _file_size(path) > start_size  # ...and a checkpoint copied it back, unasked
+        assert log.count() == 400
+    assert not Path(f"{path}-wal").exists()  # closed cleanly
+
+
+def test_checkpoint_interval_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="checkpoint_interval_s must be > 0"):
+        DecisionLog(tmp_path / "x.db", checkpoint_interval_s=0)
