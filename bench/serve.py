@@ -90,6 +90,7 @@ class Args:
     concurrency: int = 32
     batch_rows: int = 256
     batch_in_flight: int = 4
+    repeats: int = 3
     workers: list[int] = field(default_factory=lambda: [1, 2])
     logging: list[str] = field(default_factory=lambda: ["on", "off"])
     customers: int = 4_096
@@ -104,7 +105,7 @@ class Args:
             raise ValueError(
                 f"seconds and warmup_s must be > 0, got {self.seconds}, {self.warmup_s}"
             )
-        for name in ("latency_calls", "concurrency", "batch_rows", "batch_in_flight"):
+        for name in ("latency_calls", "concurrency", "batch_rows", "batch_in_flight", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.latency_warmup < 0:
@@ -119,7 +120,13 @@ class Args:
             )
 
 
-QUICK = {"seconds": 0.5, "warmup_s": 0.2, "latency_calls": 200, "latency_warmup": 20}
+QUICK = {
+    "seconds": 0.5,
+    "warmup_s": 0.2,
+    "latency_calls": 200,
+    "latency_warmup": 20,
+    "repeats": 1,
+}
 
 
 def code_version() -> dict[str, Any]:
@@ -526,57 +533,73 @@ async def throughput(
 async def throughput_runs(
     server: ServeProcess, requests: Requests, args: Args, tag: str
 ) -> list[dict[str, Any]]:
-    """Unary Decide at ``concurrency`` and DecideBatch with ``batch_in_flight``, on one
-    connection per worker."""
+    """Unary Decide at ``concurrency`` and DecideBatch with ``batch_in_flight`` (per-row and
+    packed answers), on one connection per worker. The three measurements take turns
+    ``repeats`` times; each reports its median run (the machine is shared, so single runs
+    swing), with every run's rate kept in ``decisions_per_s_runs``."""
     channels = await balanced_channels(server, per_worker=1)
-    try:
-        unary = await throughput(
-            server,
-            channels,
-            DECIDE,
-            lambda phase, n: requests.unary(f"{tag}-u{args.concurrency}-{phase}", n),
-            1,
+    measurements: list[tuple[str, int, str, Callable[[str, int], RequestPool], int, int]] = [
+        (
+            f"Decide, concurrency {args.concurrency}",
             args.concurrency,
-            args.seconds,
-            args.warmup_s,
-            ceiling_calls_per_s=20_000,
-        )
-        batch = await throughput(
-            server,
-            channels,
+            DECIDE,
+            lambda phase, n: requests.unary(f"{tag}-u-{phase}", n),
+            1,
+            20_000,
+        ),
+        (
+            f"DecideBatch({args.batch_rows})",
+            args.batch_in_flight,
             DECIDE_BATCH,
             lambda phase, n: requests.batches(f"{tag}-b-{phase}", n),
             args.batch_rows,
+            2_000,
+        ),
+        (
+            f"DecideBatch({args.batch_rows}), packed",
             args.batch_in_flight,
-            args.seconds,
-            args.warmup_s,
-            ceiling_calls_per_s=2_000,
-        )
-        packed = await throughput(
-            server,
-            channels,
             DECIDE_BATCH,
             lambda phase, n: requests.batches(f"{tag}-p-{phase}", n, packed=True),
             args.batch_rows,
-            args.batch_in_flight,
-            args.seconds,
-            args.warmup_s,
-            ceiling_calls_per_s=2_000,
-        )
+            2_000,
+        ),
+    ]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in measurements}
+    try:
+        for repeat in range(args.repeats):
+            for name, in_flight, method, pool, rows, ceiling in measurements:
+
+                def requests_of(
+                    phase: str,
+                    n: int,
+                    pool: Callable[[str, int], RequestPool] = pool,
+                    repeat: int = repeat,
+                ) -> RequestPool:
+                    return pool(f"r{repeat}-{phase}", n)
+
+                result = await throughput(
+                    server,
+                    channels,
+                    method,
+                    requests_of,
+                    rows,
+                    in_flight,
+                    args.seconds,
+                    args.warmup_s,
+                    ceiling_calls_per_s=ceiling,
+                )
+                runs[name].append({"measurement": name, "in_flight": in_flight} | result)
     finally:
         for channel in channels:
             await channel.close()
-    return [
-        {"measurement": f"Decide, concurrency {args.concurrency}", "in_flight": args.concurrency}
-        | unary,
-        {"measurement": f"DecideBatch({args.batch_rows})", "in_flight": args.batch_in_flight}
-        | batch,
-        {
-            "measurement": f"DecideBatch({args.batch_rows}), packed",
-            "in_flight": args.batch_in_flight,
-        }
-        | packed,
-    ]
+    summary = []
+    for results in runs.values():
+        ordered = sorted(results, key=lambda r: r["decisions_per_s"])
+        median = dict(ordered[(len(ordered) - 1) // 2])
+        median["decisions_per_s_runs"] = [r["decisions_per_s"] for r in results]
+        median["decisions_made"] = sum(r["decisions_made"] for r in results)
+        summary.append(median)
+    return summary
 
 
 def run_configuration(
@@ -661,7 +684,8 @@ def print_report(result: dict[str, Any]) -> None:
     print(
         f"bundle: {b['source']}, {b['kind']} {b['hidden_layers']}, {b['n_features']} features, "
         f"{b['n_actions']} actions; {m['cpus']} CPUs shared by server and client; "
-        f"{a['seconds']} s per throughput run after {a['warmup_s']} s warm-up; load average "
+        f"{a['seconds']} s per throughput run after {a['warmup_s']} s warm-up, median of "
+        f"{a['repeats']} runs taken in turns; load average "
         f"{m['loadavg_1_5_15']} -> {m['loadavg_1_5_15_after']}"
     )
     code = result["code"]
@@ -672,14 +696,16 @@ def print_report(result: dict[str, Any]) -> None:
         "tasks on one connection per server worker; requests pre-serialized; CPU in cores"
     )
     print(
-        "| workers | log | measurement | in flight | decisions/s | p50 ms | p99 ms | mean ms "
-        "| server CPU | client CPU | other CPU | calls |"
+        "| workers | log | measurement | in flight | decisions/s | all runs (k/s) | p50 ms "
+        "| p99 ms | mean ms | server CPU | client CPU | other CPU | calls |"
     )
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in result["runs"]:
         print(
             f"| {r['workers']} | {r['logging']} | {r['measurement']} | {r['in_flight']} | "
-            f"{r['decisions_per_s']:,.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+            f"{r['decisions_per_s']:,.0f} | "
+            + ", ".join(f"{x / 1000:.1f}" for x in r.get("decisions_per_s_runs", []))
+            + f" | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
             f"{r['mean_ms']:.3f} | {r['server_cpu_cores']:.2f} | {r['client_cpu_cores']:.2f} | "
             f"{r['other_cpu_cores']:.2f} | "
             f"{r['calls']:,} |"
@@ -753,6 +779,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
     parser.add_argument("--concurrency", type=int, default=Args.concurrency)
     parser.add_argument("--batch-rows", type=int, default=Args.batch_rows)
     parser.add_argument("--batch-in-flight", type=int, default=Args.batch_in_flight)
+    parser.add_argument(
+        "--repeats", type=int, help=f"runs per throughput measurement, median kept ({Args.repeats})"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=Args().workers)
     parser.add_argument("--logging", nargs="+", choices=["on", "off"], default=Args().logging)
     parser.add_argument("--customers", type=int, default=Args.customers)
