@@ -205,6 +205,10 @@ class EventConflict(ValueError):
         self.event_ids = list(event_ids)
 
 
+class LogBusy(RuntimeError):
+    """Another connection holds the log's write lock (see ``wait=False``); nothing written."""
+
+
 class UnknownEvents(KeyError):
     """Outcomes for event ids that were never decided; nothing of the call was written."""
 
@@ -492,6 +496,7 @@ class DecisionLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._busy_timeout_ms = int(busy_timeout_ms)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -638,22 +643,36 @@ class DecisionLog:
         return result
 
     def insert_decision_batches(
-        self, batches: Sequence[DecisionBatch]
+        self, batches: Sequence[DecisionBatch], *, wait: bool = True
     ) -> list[dict[str, StoredDecision] | EventConflict]:
         """Group commit: store several batches (e.g. of concurrent requests) in one
         transaction when none of them replays an event id; otherwise each on its own, with
         :meth:`insert_decisions`' result per batch (an :class:`EventConflict` is returned in
-        its batch's place, not raised, and the other batches are stored)."""
+        its batch's place, not raised, and the other batches are stored).
+
+        ``wait=False``: when another connection (another serving process) holds the write
+        lock, raise :class:`LogBusy` at once, having written nothing, instead of sleeping
+        in SQLite's busy handler (whose first sleep is a whole millisecond)."""
         for batch in batches:
             batch.check()
         ids = [e for batch in batches for e in batch.event_ids]
         with self._lock:
+            if not wait:
+                self._db.execute("PRAGMA busy_timeout = 0")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    raise LogBusy(str(exc)) from None
+                finally:
+                    self._db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             if len(set(ids)) == len(ids):
-                with self._transaction() as tx:
+                with _Transaction(self._db, begun=not wait) as tx:
                     inserted = sum(self._insert(batch, None) for batch in batches)
                     if inserted == len(ids):
                         return [{} for _ in batches]
                     tx.rollback()
+            elif not wait:
+                self._db.execute("ROLLBACK")
             # Replays (or ids shared between batches) are rare: one transaction per batch.
             return [self._insert_with_replays(batch) for batch in batches]
 
@@ -811,14 +830,17 @@ class _Checkpointer:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``; ROLLBACK on an exception or on request."""
+    """``BEGIN IMMEDIATE`` (unless ``begun``) ... ``COMMIT``; ROLLBACK on an exception or on
+    request."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, *, begun: bool = False) -> None:
         self._db = db
         self._done = False
+        self._begun = begun
 
     def __enter__(self) -> _Transaction:
-        self._db.execute("BEGIN IMMEDIATE")
+        if not self._begun:
+            self._db.execute("BEGIN IMMEDIATE")
         return self
 
     def rollback(self) -> None:

@@ -27,6 +27,7 @@ from cvm_rl.decision_log import (
     DecisionBatch,
     DecisionLog,
     EventConflict,
+    LogBusy,
     OutcomeRecord,
     StoredDecision,
     UnknownEvents,
@@ -40,6 +41,7 @@ from server.model import Exploration, ServingModel
 log = logging.getLogger("cvm_rl.server")
 
 MAX_EVENT_ID_LENGTH = 128
+BUSY_RETRY_S = 0.0002  # a group commit takes about a millisecond; poll well inside that
 DEFAULT_MAX_BATCH_ROWS = 10_000
 EXPLORATION_ENUM = {
     "epsilon": pb.EXPLORATION_MODE_EPSILON,
@@ -90,7 +92,13 @@ class GroupCommitWriter:
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
         try:
-            results = self.log.insert_decision_batches([batch for batch, _ in pending])
+            results = self.log.insert_decision_batches([batch for batch, _ in pending], wait=False)
+        except LogBusy:
+            # Another worker is committing: keep serving and retry shortly (with whatever
+            # else queues meanwhile), rather than sleep in SQLite's busy handler.
+            self._pending = pending + self._pending
+            asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._flush)
+            return
         except Exception as exc:  # e.g. the disk is full: every waiting request fails
             for _, future in pending:
                 if not future.done():

@@ -18,6 +18,7 @@ from cvm_rl.decision_log import (
     DecisionLog,
     DecisionLogError,
     EventConflict,
+    LogBusy,
     ModelRecord,
     OutcomeRecord,
     UnknownEvents,
@@ -449,3 +450,27 @@ def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -
 def test_checkpoint_interval_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="checkpoint_interval_s must be > 0"):
         DecisionLog(tmp_path / "x.db", checkpoint_interval_s=0)
+
+
+def test_busy_log_is_reported_at_once_without_waiting(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    with DecisionLog(path) as log:
+        act = log.activate(
+            MODEL,
+            learning_mode="online",
+            exploration="policy",
+            exploration_param=0.0,
+            reason="start",
+        )
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process committing
+        batch = make_batch(["b1", "b2"], act.seq)
+        start = time.monotonic()
+        with pytest.raises(LogBusy, match="locked"):
+            log.insert_decision_batches([batch], wait=False)
+        assert time.monotonic() - start < 0.5  # no busy-handler sleeps
+        other.execute("ROLLBACK")
+        assert log.count() == 0
+        assert log.insert_decision_batches([batch], wait=False) == [{}]
+        assert log.count() == 2
+        other.close()

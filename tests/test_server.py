@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import math
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -348,6 +349,25 @@ def test_distributions_can_be_left_out_of_the_log(start: StartServer, bundles: B
         assert row.probabilities is None  # not stored...
         assert row.propensity == d.propensity  # ...but the served propensity always is
         assert d.probabilities[d.action_index] == d.propensity  # and the answer is complete
+
+
+def test_a_decision_waits_out_another_writer_without_blocking_the_server(
+    served: Served, bundles: Bundles
+) -> None:
+    assert served.log_path is not None
+    other = sqlite3.connect(served.log_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another worker holding the write lock
+    x = sample_features(bundles.mlp, 1, seed=30)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(served.client.decide, "c", x[0], event_id="waits")
+        time.sleep(0.2)
+        assert not pending.done()  # not acknowledged before it is stored...
+        info = served.client.policy_info()  # ...while the server keeps answering
+        assert info.model_id
+        other.execute("ROLLBACK")
+        decision = pending.result(timeout=10)
+    other.close()
+    assert served.stored(["waits"])["waits"].action_index == decision.action_index
 
 
 def test_outcomes_are_recorded_with_their_counts(served: Served, bundles: Bundles) -> None:
