@@ -479,7 +479,7 @@ def test_busy_log_is_reported_at_once_without_waiting(tmp_path: Path) -> None:
 def test_the_wal_stays_bounded_under_steady_writes(tmp_path: Path) -> None:
     path = tmp_path / "steady.db"
     wal = Path(f"{path}-wal")
-    with DecisionLog(path, checkpoint_interval_s=0.02) as log:
+    with DecisionLog(path, checkpoint_interval_s=0.1) as log:
         act = log.activate(
             MODEL,
             learning_mode="online",
@@ -490,8 +490,8 @@ def test_the_wal_stays_bounded_under_steady_writes(tmp_path: Path) -> None:
         for k in range(300):
             ids = [f"s{k}-{i}" for i in range(256)]
             log.insert_decisions(make_batch(ids, act.seq, seed=k))
-        written = _file_size(path) + _file_size(wal)
-        # Checkpoints that only ever copy pages (PASSIVE) fall behind steady writes and the
-        # WAL ends up holding everything; truncating ones keep it to a few intervals' worth.
-        assert _file_size(wal) < written / 3
+        # Checkpoints that only copy pages (PASSIVE) fall behind steady writes and the WAL
+        # ends up larger than the database; truncating ones keep it to about an interval's
+        # worth of writes.
+        assert _file_size(wal) < _file_size(path) / 2
         assert log.count() == 300 * 256
