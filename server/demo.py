@@ -9,7 +9,7 @@ the simulator and reports each customer's week as the outcome.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +147,3 @@ def format_summary(s: ServingDemoSummary) -> str:
             f"({s.seconds:.1f} s in all)",
         ]
     )
-
-
-def summary_dict(s: ServingDemoSummary) -> dict[str, object]:
-    return asdict(s)

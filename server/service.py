@@ -139,7 +139,6 @@ class ServingState:
         self.log_probabilities = log_probabilities
         self.exploration = model.exploration
         self._local: list[Activation] = []  # activations of this process when there is no log
-        self._models: dict[str, ServingModel] = {}
         self.writer = None if decision_log is None else GroupCommitWriter(decision_log)
         self.reload_lock = asyncio.Lock()
         if adopt is not None:
@@ -154,7 +153,6 @@ class ServingState:
 
     def _set_current(self, model: ServingModel) -> None:
         self._current = model
-        self._models[model.version] = model
         exploration = model.exploration
         self.metrics.set_model(
             model.model_id, model.version, exploration.mode, exploration.learning_mode
@@ -205,15 +203,6 @@ class ServingState:
             if act.seq < current.activation and act.model_id != current.model_id:
                 return act
         raise LookupError("no earlier bundle to roll back to")
-
-    def model_for_activation(self, seq: int) -> ServingModel | None:
-        """A model this process loaded under activation ``seq`` (for replay responses)."""
-        if seq == self.current.activation:
-            return self.current
-        for model in self._models.values():
-            if model.activation == seq:
-                return model
-        return None
 
     def follow(self) -> None:
         """Adopt the log's newest activation if another process made one."""
