@@ -139,6 +139,7 @@ class ServingState:
         self.log_probabilities = log_probabilities
         self.exploration = model.exploration
         self._local: list[Activation] = []  # activations of this process when there is no log
+        self._refused = 0  # newest activation made elsewhere that this process could not load
         self.writer = None if decision_log is None else GroupCommitWriter(decision_log)
         self.reload_lock = asyncio.Lock()
         if adopt is not None:
@@ -209,7 +210,7 @@ class ServingState:
         if self.log is None:
             return
         latest = self.log.latest_activation()
-        if latest <= self.current.activation:
+        if latest <= max(self.current.activation, self._refused):
             return
         act = self.log.activations()[-1]
         exploration = Exploration(act.exploration, act.exploration_param, act.learning_mode)  # type: ignore[arg-type]
@@ -218,8 +219,9 @@ class ServingState:
         except (BundleError, ValueError) as exc:
             self.metrics.reloads.labels("follow", "refused").inc()
             log.error("follow_refused", extra={"activation": act.seq, "error": str(exc)})
-            # Don't retry the same activation on every poll.
-            self.current.activation = max(self.current.activation, act.seq)
+            # Don't retry it on every poll; the current model keeps its own activation, so
+            # its decisions stay attributed to it.
+            self._refused = act.seq
             return
         self.exploration = exploration
         self._set_current(model)

@@ -9,6 +9,7 @@ everything that must be stored against the SQLite decision log.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import re
@@ -38,13 +39,15 @@ from server_fixtures import (
 )
 
 from cvm_rl.bundle import load_bundle, save_bundle
-from cvm_rl.decision_log import DecisionLog
+from cvm_rl.decision_log import DecisionLog, ModelRecord
 from cvm_rl.policies.bandits import LinTSPolicy
 from cvm_rl.policies.mlp import MLPPolicy
 from server.app import DecisionServer, ServerConfig, running_server
 from server.client import Decision, DecisionClient, Eligibility, Outcome, PolicyInfo
 from server.generated.cvm.v1 import decision_pb2 as pb
-from server.model import Exploration, hash_uniforms
+from server.metrics import ServerMetrics
+from server.model import Exploration, ServingModel, hash_uniforms
+from server.service import ServingState
 from simulator.config import load_scenario
 
 TOKEN = "s3cret-token"
@@ -1364,3 +1367,28 @@ def test_an_expired_deadline_fails_and_the_server_keeps_serving(
     assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) >= 5, codes
     assert served.client.decide("c", x[0], event_id="on-time").event_id == "on-time"
     assert served.client.health() == "SERVING"
+
+
+def test_a_refused_follow_keeps_decisions_attributed_to_the_serving_model(
+    bundles: Bundles, tmp_path: Path
+) -> None:
+    with DecisionLog(tmp_path / "shared.db") as decision_log:
+        model = ServingModel(load_bundle(bundles.mlp), Exploration())
+        state = ServingState(model, decision_log, ServerMetrics())
+        serving_activation = state.current.activation
+        # Another worker activates a bundle this process cannot load (gone since).
+        gone = ModelRecord.from_bundle(load_bundle(bundles.mlp2))
+        gone = dataclasses.replace(gone, path=str(tmp_path / "deleted-bundle"))
+        decision_log.activate(
+            gone,
+            learning_mode="online",
+            exploration="policy",
+            exploration_param=0.0,
+            reason="load",
+        )
+        state.follow()
+        assert state.current is model
+        assert state.current.activation == serving_activation
+        refused = state.metrics.reloads.labels("follow", "refused")._value.get()
+        state.follow()  # not retried on every poll
+        assert state.metrics.reloads.labels("follow", "refused")._value.get() == refused == 1
