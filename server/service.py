@@ -618,25 +618,27 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
         served_rows = Served(
             rows.event_ids,
             rows.customer_ids,
-            served.copy(),
-            propensity.copy(),
-            draws.explored.copy(),
+            served,
+            propensity,
+            draws.explored,
             source,
             draws.probabilities,
         )
+        explored = draws.explored
         if replayed:
+            explored = explored[[e not in replayed for e in rows.event_ids]]
             self._apply_replays(served_rows, replayed)
-        new_rows = [i for i, e in enumerate(rows.event_ids) if e not in replayed]
         self.state.metrics.count_decisions(
-            "baseline" if apprentice else "policy",
-            int(draws.explored[new_rows].sum()),
-            len(new_rows),
+            "baseline" if apprentice else "policy", int(explored.sum()), len(explored)
         )
         return served_rows, replayed
 
     def _apply_replays(self, served: Served, replayed: dict[str, StoredDecision]) -> None:
         """Answer replayed event ids with what they were answered the first time."""
         modes = {a.seq: a.learning_mode for a in self.state.activations()}
+        # The draws' arrays are the log's too: answer from copies.
+        served.action, served.propensity = served.action.copy(), served.propensity.copy()
+        served.explored = served.explored.copy()
         served.probabilities = served.probabilities.copy()
         for i, event_id in enumerate(served.event_ids):
             stored = replayed.get(event_id)
