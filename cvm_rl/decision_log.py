@@ -480,7 +480,8 @@ class DecisionLog:
     whichever commit crosses 1,000 WAL pages (copying the pages into the database file and
     fsyncing it: a commit of a few hundred microseconds then takes milliseconds). A number
     moves them to a background thread that checkpoints that often, so writers never wait for
-    a checkpoint; a server uses this.
+    a checkpoint; a server uses this. The thread empties the WAL when it has grown past
+    ``wal_limit_bytes`` (writers wait for that step only).
     """
 
     def __init__(
@@ -490,6 +491,7 @@ class DecisionLog:
         synchronous: Literal["normal", "full"] = "normal",
         busy_timeout_ms: int = 10_000,
         checkpoint_interval_s: float | None = None,
+        wal_limit_bytes: int = 64 * 2**20,
     ) -> None:
         if synchronous not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
@@ -518,7 +520,9 @@ class DecisionLog:
                     f"checkpoint_interval_s must be > 0 or None, got {checkpoint_interval_s!r}"
                 )
             self._db.execute("PRAGMA wal_autocheckpoint = 0")
-            self._checkpointer = _Checkpointer(self.path, checkpoint_interval_s, busy_timeout_ms)
+            self._checkpointer = _Checkpointer(
+                self.path, checkpoint_interval_s, busy_timeout_ms, wal_limit_bytes
+            )
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
@@ -801,16 +805,21 @@ class DecisionLog:
 
 
 class _Checkpointer:
-    """A thread with its own connection checkpointing the WAL every ``interval_s``, so the
-    WAL stays about one interval of writes long and no commit pays for a checkpoint.
+    """A thread with its own connection checkpointing the WAL every ``interval_s``, so no
+    commit pays for a checkpoint and the WAL stays near ``wal_limit_bytes``.
 
-    The I/O runs without the GIL. Writers wait only for the short TRUNCATE step (a serving
-    process does not even wait: it retries from its event loop, see ``wait=False``).
+    The I/O runs without the GIL. Writers wait only for the short TRUNCATE step, taken when
+    the WAL has outgrown its limit (a serving process does not even wait: it retries from its
+    event loop, see ``wait=False``).
     """
 
-    def __init__(self, path: Path, interval_s: float, busy_timeout_ms: int) -> None:
+    def __init__(
+        self, path: Path, interval_s: float, busy_timeout_ms: int, wal_limit_bytes: int
+    ) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._wal = Path(f"{path}-wal")
+        self._wal_limit_bytes = wal_limit_bytes
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cvm-log-checkpoint", daemon=True)
@@ -826,7 +835,8 @@ class _Checkpointer:
                 # then copies the few frames written meanwhile (writers wait that long) and
                 # empties the file.
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                if self._wal.exists() and self._wal.stat().st_size > self._wal_limit_bytes:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def close(self) -> None:
         self._stop.set()
