@@ -31,11 +31,18 @@ from grpc_reflection.v1alpha import reflection
 
 from cvm_rl.bundle import BundleError, load_bundle
 from cvm_rl.decision_log import SYNCHRONOUS, DecisionLog
+from server.client import DecisionClient
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.generated.cvm.v1 import decision_pb2_grpc as pb_grpc
 from server.metrics import ServerMetrics
 from server.model import Exploration, ServingModel
-from server.service import DEFAULT_MAX_BATCH_ROWS, AdminService, DecisionService, ServingState
+from server.service import (
+    DEFAULT_MAX_BATCH_ROWS,
+    AdminService,
+    DecisionService,
+    ServingState,
+    record_activation,
+)
 
 log = logging.getLogger("cvm_rl.server")
 
@@ -334,18 +341,10 @@ def run_workers(
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    load_serving_model(config)  # refuse a bad bundle before forking anything
+    model = load_serving_model(config)  # refuse a bad bundle before forking anything
     if config.log_path is not None:
         with DecisionLog(config.log_path, synchronous=config.synchronous) as decision_log:  # type: ignore[arg-type]
-            model = load_serving_model(config)
-            e = model.exploration
-            decision_log.activate(
-                model.record,
-                learning_mode=e.learning_mode,
-                exploration=e.mode,
-                exploration_param=e.param,
-                reason="start",
-            )
+            record_activation(decision_log, model, "start")
     reserved = reserve_port(host, port)
     bound = reserved.getsockname()[1]
     address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
@@ -368,10 +367,8 @@ def run_workers(
     if ready_file is not None:
         _wait_until_serving(address, config)
         write_ready_file(ready_file, bound, [p.pid for p in procs if p.pid is not None])
-    stopping = threading.Event()
 
     def forward(signum: int, frame: object) -> None:
-        stopping.set()
         for p in procs:
             if p.pid is not None and p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
@@ -385,17 +382,11 @@ def run_workers(
 
 def _wait_until_serving(address: str, config: ServerConfig, timeout_s: float = 60.0) -> None:
     """Block until the health service on ``address`` answers SERVING."""
-    if config.tls_cert is not None:
-        channel = grpc.secure_channel(
-            address,
-            grpc.ssl_channel_credentials(Path(config.tls_cert).read_bytes()),
-        )
-    else:
-        channel = grpc.insecure_channel(address)
-    with channel:
-        grpc.channel_ready_future(channel).result(timeout=timeout_s)
-        stub = health_pb2_grpc.HealthStub(channel)
-        stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+    with DecisionClient(address, root_certificates=config.tls_cert, timeout_s=timeout_s) as client:
+        grpc.channel_ready_future(client.channel).result(timeout=timeout_s)
+        status = client.health()
+    if status != "SERVING":
+        raise RuntimeError(f"the workers on {address} answered health {status}, not SERVING")
 
 
 @contextlib.contextmanager

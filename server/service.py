@@ -113,6 +113,18 @@ class GroupCommitWriter:
                 future.set_result(result)
 
 
+def record_activation(decision_log: DecisionLog, model: ServingModel, reason: str) -> Activation:
+    """Make ``model`` with its exploration settings the log's active model."""
+    e = model.exploration
+    return decision_log.activate(
+        model.record,
+        learning_mode=e.learning_mode,
+        exploration=e.mode,
+        exploration_param=e.param,
+        reason=reason,
+    )
+
+
 class ServingState:
     """The active model, its history for rollback, the log, and the metrics of one process.
 
@@ -162,13 +174,7 @@ class ServingState:
     def _record_activation(self, model: ServingModel, reason: str) -> None:
         e = model.exploration
         if self.log is not None:
-            act = self.log.activate(
-                model.record,
-                learning_mode=e.learning_mode,
-                exploration=e.mode,
-                exploration_param=e.param,
-                reason=reason,
-            )
+            act = record_activation(self.log, model, reason)
         else:
             seq = len(self._local) + 1
             act = Activation(
