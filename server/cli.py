@@ -7,7 +7,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from cvm_rl.cli_common import CliError
+from cvm_rl.cli_common import CliError, bundle_dir
 from server.app import (
     ServerConfig,
     configure_logging,
@@ -85,9 +85,7 @@ def exploration_from_args(args: argparse.Namespace) -> Exploration:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    bundle = Path(args.bundle)
-    if (bundle / "bundle" / "manifest.json").is_file():
-        bundle = bundle / "bundle"
+    bundle = bundle_dir(args.bundle)
     token = os.environ.get(TOKEN_ENV)
     if args.token_file:
         try:
