@@ -1,8 +1,9 @@
 """A trained Stable-Baselines3 network run with numpy alone (no torch at serving time).
 
-Pipeline: raw observation -> :meth:`FeatureTransform.scaled` (float32) -> fully connected
-layers ``h = act(h @ W + b)`` (no activation after the last) -> scores over actions. The SB3
-model is trained on already-scaled observations (a ``VecEnvWrapper`` applies the same
+Pipeline: raw observation -> :meth:`FeatureTransform.scaled` -> fully connected layers
+``h = act(h @ W + b)`` (no activation after the last) -> scores over actions. Weights are
+stored as float32 (as trained) and applied in float64, so a row's scores do not depend on the
+batch it is in. The SB3 model is trained on already-scaled observations (a ``VecEnvWrapper`` applies the same
 transform), so the extracted layers expect scaled features and this class applies the
 transform itself.
 
@@ -72,6 +73,8 @@ class MLPPolicy(Policy):
                 raise ValueError(f"name must be a non-empty string, got {name!r}")
             self.name = name
         self.weights, self.biases = self._check_layers(weights, biases)
+        self._weights64 = [w.astype(np.float64) for w in self.weights]
+        self._biases64 = [b.astype(np.float64) for b in self.biases]
 
     def _check_layers(
         self, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray]
@@ -110,10 +113,11 @@ class MLPPolicy(Policy):
     def scores(self, obs: np.ndarray) -> np.ndarray:
         """(N, A) raw network outputs (logits or Q-values) for raw observations, unmasked."""
         obs = self.check_obs(obs, np.float64)
-        # float32 throughout, like the torch network it came from.
-        h = self.transform.scaled(obs).astype(np.float32)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+        # float64: float32 BLAS kernels sum in an order that depends on the row's position in
+        # the batch, so one customer's propensity would change with the batch it came in.
+        h = self.transform.scaled(obs).astype(np.float64)
+        last = len(self._weights64) - 1
+        for i, (w, b) in enumerate(zip(self._weights64, self._biases64, strict=True)):
             h = h @ w + b
             if i < last:
                 h = np.tanh(h) if self.activation == "tanh" else np.maximum(h, 0.0)
