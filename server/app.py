@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cvm_rl.bundle import BundleError, load_bundle
-from cvm_rl.decision_log import SYNCHRONOUS, DecisionLog
+from cvm_rl.logs.store import SYNCHRONOUS, DecisionLog
 from server.client import DecisionClient
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.generated.cvm.v1 import decision_pb2_grpc as pb_grpc

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from cvm_rl.bundle import Bundle
-from cvm_rl.decision_log import EXPLORATION_MODES, LEARNING_MODES, ModelRecord
+from cvm_rl.logs.store import EXPLORATION_MODES, LEARNING_MODES, ModelRecord
 from cvm_rl.policies.base import argmax_probabilities, check_number, explored
 from cvm_rl.policies.mlp import MLPPolicy
 

@@ -22,7 +22,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cvm_rl.bundle import BundleError, load_bundle
-from cvm_rl.decision_log import (
+from cvm_rl.logs.store import (
     Activation,
     DecisionBatch,
     DecisionLog,

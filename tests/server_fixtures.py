@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cvm_rl.bundle import ARRAYS_FILE, MANIFEST_FILE, load_bundle, save_bundle
-from cvm_rl.decision_log import DecisionLog
+from cvm_rl.logs.store import DecisionLog
 from cvm_rl.policies import RuleBasedPolicy
 from cvm_rl.policies.mlp import MLPPolicy
 from simulator.config import Scenario, load_scenario

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cvm_rl.decision_log import (
+from cvm_rl.logs.store import (
     Activation,
     DecisionBatch,
     DecisionLog,

@@ -16,7 +16,7 @@ import pytest
 
 from cvm_rl.bundle import load_bundle, save_bundle
 from cvm_rl.cli import main
-from cvm_rl.decision_log import (
+from cvm_rl.logs.store import (
     DecisionBatch,
     DecisionLog,
     DecisionLogError,
@@ -24,7 +24,7 @@ from cvm_rl.decision_log import (
     OutcomeRecord,
 )
 from cvm_rl.evaluation import run_episode
-from cvm_rl.log_export import (
+from cvm_rl.logs.export import (
     EXPORT_SCHEMA,
     MODELS_METADATA_KEY,
     export_parquet,
@@ -33,7 +33,7 @@ from cvm_rl.log_export import (
 )
 from cvm_rl.policies import Policy, RandomPolicy, RuleBasedPolicy
 from cvm_rl.policies.bandits import LinTSPolicy
-from cvm_rl.simulated_log import (
+from cvm_rl.logs.simulated import (
     DEFAULT_START_US,
     WEEK_US,
     simulate_to_log,

@@ -39,7 +39,7 @@ from server_fixtures import (
 )
 
 from cvm_rl.bundle import load_bundle, save_bundle
-from cvm_rl.decision_log import DecisionLog, ModelRecord
+from cvm_rl.logs.store import DecisionLog, ModelRecord
 from cvm_rl.policies.bandits import LinTSPolicy
 from cvm_rl.policies.mlp import MLPPolicy
 from server.app import DecisionServer, ServerConfig, running_server

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cvm_rl.bundle import BundleError, load_bundle
 from cvm_rl.calibration import add_calibrate_arguments, run_calibrate
-from cvm_rl.cli_common import (
+from cvm_rl.cli.common import (
     BASELINES,
     REFERENCE_POLICIES,
     CliError,
@@ -19,7 +19,7 @@ from cvm_rl.cli_common import (
     positive_int,
 )
 from cvm_rl.evaluation import PolicyResult, evaluate_policies, format_table, results_to_dict
-from cvm_rl.log_cli import add_logs_arguments, run_logs
+from cvm_rl.cli.logs import add_logs_arguments, run_logs
 from cvm_rl.plots import (
     plot_action_mix,
     plot_learning_curves,
@@ -28,8 +28,8 @@ from cvm_rl.plots import (
 )
 from cvm_rl.policies import Policy
 from cvm_rl.training import ALGOS, TrainConfig, train
-from server.cli import add_serve_arguments, run_serve
-from server.demo import format_summary, run_serving_demo
+from cvm_rl.cli.serve import add_serve_arguments, run_serve
+from cvm_rl.loop.engine import format_summary, run_serving_demo
 from simulator.config import Scenario, ScenarioError, builtin_scenarios, load_scenario
 from simulator.core import observation_feature_names
 

@@ -1,4 +1,4 @@
-"""Export a decision log (:mod:`cvm_rl.decision_log`) as Parquet: one row per decision, joined
+"""Export a decision log (:mod:`cvm_rl.logs.store`) as Parquet: one row per decision, joined
 with its outcome and with the model and settings that decided it.
 
 The output is a hive-partitioned dataset ``out_dir/date=YYYY-MM-DD/part-0.parquet`` (UTC
@@ -66,7 +66,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from cvm_rl.decision_log import SCHEMA_VERSION, DecisionLogError, now_us
+from cvm_rl.logs.store import SCHEMA_VERSION, DecisionLogError, now_us
 
 MODELS_FILE = "models.json"
 MODELS_METADATA_KEY = b"cvm_rl.models"

@@ -1,9 +1,9 @@
 """``cvm logs``: export a decision log to Parquet, or write a simulated one.
 
-``cvm logs export --log PATH --out DIR`` writes :func:`cvm_rl.log_export.export_parquet`'s
+``cvm logs export --log PATH --out DIR`` writes :func:`cvm_rl.logs.export.export_parquet`'s
 dataset and prints a one-line summary; ``cvm logs simulate --log PATH (--policy NAME |
 --bundle DIR)`` runs a reference policy or a bundle on simulated customers and logs every
-decision and outcome (:func:`cvm_rl.simulated_log.simulate_to_log`).
+decision and outcome (:func:`cvm_rl.logs.simulated.simulate_to_log`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import argparse
 from pathlib import Path
 
 from cvm_rl.bundle import load_bundle
-from cvm_rl.cli_common import REFERENCE_POLICIES, CliError, bundle_dir, positive_int
-from cvm_rl.decision_log import DecisionLog, DecisionLogError, ModelRecord
-from cvm_rl.log_export import export_parquet
-from cvm_rl.simulated_log import simulate_to_log
+from cvm_rl.cli.common import REFERENCE_POLICIES, CliError, bundle_dir, positive_int
+from cvm_rl.logs.store import DecisionLog, DecisionLogError, ModelRecord
+from cvm_rl.logs.export import export_parquet
+from cvm_rl.logs.simulated import simulate_to_log
 from simulator.config import load_scenario
 from simulator.core import observation_feature_names
 

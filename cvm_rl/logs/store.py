@@ -1,7 +1,7 @@
 """The decision log: every decision with its propensity, and the outcomes reported for it.
 
 One SQLite database (WAL journal). It is the embedded store of the decision service, the
-format the simulator writes for any policy (:mod:`cvm_rl.simulated_log`), and what
+format the simulator writes for any policy (:mod:`cvm_rl.logs.simulated`), and what
 ``cvm logs export`` turns into Parquet for off-policy evaluation and retraining.
 
 Tables (times are microseconds since the Unix epoch, UTC):
@@ -70,13 +70,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from cvm_rl.logs.schema import Durability, ExplorationMode, LearningMode, values
+
 if TYPE_CHECKING:
     from cvm_rl.bundle import Bundle
 
 SCHEMA_VERSION = 1
-LEARNING_MODES = ("online", "apprentice")
-EXPLORATION_MODES = ("policy", "epsilon", "softmax")
-SYNCHRONOUS = ("normal", "full")
+LEARNING_MODES = values(LearningMode)
+EXPLORATION_MODES = values(ExplorationMode)
+SYNCHRONOUS = values(Durability)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;

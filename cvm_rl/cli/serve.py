@@ -7,7 +7,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from cvm_rl.cli_common import CliError, bundle_dir
+from cvm_rl.cli.common import CliError, bundle_dir
 from server.app import (
     ServerConfig,
     configure_logging,

@@ -1,6 +1,6 @@
 """Run any policy on simulated customers and write what it did as a decision log.
 
-The simulator writes the same schema as the decision service (:mod:`cvm_rl.decision_log`),
+The simulator writes the same schema as the decision service (:mod:`cvm_rl.logs.store`),
 so tests, research and off-policy evaluation read one format. Every customer-week is one
 decision (no contact included) made by one activation (``learning_mode="online"``,
 ``exploration="policy"``, ``reason="simulation"``), and gets its outcome one week later:
@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from cvm_rl.decision_log import DecisionBatch, DecisionLog, ModelRecord, OutcomeRecord
+from cvm_rl.logs.store import DecisionBatch, DecisionLog, ModelRecord, OutcomeRecord
 from cvm_rl.policies.base import Policy, explored, sample_actions
 from simulator.config import Scenario
 from simulator.core import observation_feature_names

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from cvm_rl.bundle import load_bundle
-from cvm_rl.decision_log import DecisionLog, now_us
-from cvm_rl.log_export import export_parquet
+from cvm_rl.logs.store import DecisionLog, now_us
+from cvm_rl.logs.export import export_parquet
 from server.client import DecisionClient, Eligibility, Outcome
-from server.process import serve_process
+from cvm_rl.cli.process import serve_process
 from simulator.vector_env import CustomerLifecycleVectorEnv
 
 

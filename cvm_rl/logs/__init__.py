@@ -1,0 +1,1 @@
+"""The decision log: its schema, the SQLite store, the Parquet export and simulated logs."""
