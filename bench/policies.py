@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -125,7 +125,7 @@ def bandit_throughput(
 def train_tiny(scenario: Scenario, steps: int, seed: int) -> Any:
     """A MaskablePPO with the default network, trained briefly (its weights don't matter)."""
     base = TrainConfig(algo="maskable_ppo", n_envs=64, steps=steps, seed=seed)
-    config = replace(base, batch_size=min(base.batch_size, base.n_envs * base.n_steps))
+    config = base.replace(batch_size=min(base.batch_size, base.n_envs * base.n_steps))
     env = make_training_env(config, scenario)
     model = build_model(config, env)
     model.learn(total_timesteps=config.steps)

@@ -58,11 +58,11 @@ import numpy as np
 
 from bench.policies import simulated_batch
 from cvm_rl.bundle import Bundle, load_bundle, save_bundle
+from cvm_rl.cli.process import ServeProcess, serve_process
 from cvm_rl.logs.store import DecisionLog
 from cvm_rl.policies.mlp import MLPPolicy
 from cvm_rl.training import TrainConfig
 from server.generated.cvm.v1 import decision_pb2 as pb
-from cvm_rl.cli.process import ServeProcess, serve_process
 from simulator.config import Scenario, load_scenario
 from simulator.core import observation_feature_names
 

@@ -36,7 +36,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +180,7 @@ def main() -> None:
         for n in args.n_envs:
             base = TrainConfig(algo=algo, n_envs=n, seed=args.seed)
             # The default mini-batch is larger than a small rollout: one batch per epoch then.
-            config = replace(base, batch_size=min(base.batch_size, n * base.n_steps))
+            config = base.replace(batch_size=min(base.batch_size, n * base.n_steps))
             runs = [("native", 1), ("dummy", 1)]
             if args.two_threads and (algo, n) == (args.algos[0], min(args.n_envs)):
                 runs.append(("native", 2))  # once: slow when the cores are busy

@@ -10,8 +10,8 @@ import numpy as np
 from scipy import stats
 
 from cvm_rl.policies.base import Policy
+from cvm_rl.rollout import rollout
 from simulator.config import STAGES, Scenario
-from simulator.vector_env import CustomerLifecycleVectorEnv
 
 GroupBy = Literal["segment", "stage"]
 GROUP_BY: tuple[str, ...] = ("segment", "stage")
@@ -154,32 +154,24 @@ def run_episode_detailed(
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """:func:`run_episode` plus this seed's breakdown arrays (the fields of
     :class:`Breakdown` without the seed axis), from a few O(N) numpy ops per week."""
-    env = CustomerLifecycleVectorEnv(n_customers, scenario, oracle_info=True)
-    obs, info = env.reset(seed=seed)
-    policy.seed(seed)
-    # Latent-state policies (the oracle) read the simulated population directly; the object
-    # persists across this horizon's steps, so binding once per episode suffices.
-    bind = getattr(policy, "bind", None)
-    if callable(bind):
-        bind(env.population)
-    alive_at_start = info["oracle"]["alive"] & info["oracle"]["present"]
-    segment = info["oracle"]["segment"]
-    # info["stage"] is the index of the observation's stage_* one-hot (same kernel call).
-    start_stage = info["stage"].astype(np.int64)
     n_stages, n_actions = len(STAGES), scenario.n_actions
     action_counts = np.zeros(n_stages * n_actions, dtype=np.int64)
     value = np.zeros(n_customers)
     totals = dict.fromkeys(("value", "revenue", "discount_cost", "contact_cost", "contacts"), 0.0)
     opted_out = np.zeros(n_customers, dtype=bool)
-    for _ in range(scenario.horizon_weeks):
-        actions, _ = policy.act(obs, info["action_mask"])
-        stage = info["stage"].astype(np.int64)  # the stage the policy decided in
-        obs, reward, _, _, info = env.step(actions)
+    for t in rollout(policy, scenario, n_customers=n_customers, seed=seed, oracle_info=True):
+        if t.week == 0:
+            alive_at_start = t.info["oracle"]["alive"] & t.info["oracle"]["present"]
+            segment = t.info["oracle"]["segment"]
+            # info["stage"] is the index of the observation's stage_* one-hot.
+            start_stage = t.info["stage"].astype(np.int64)
+        info = t.next_info
+        stage = t.info["stage"].astype(np.int64)  # the stage the policy decided in
         action_counts += np.bincount(
             stage * n_actions + info["executed_action"], minlength=n_stages * n_actions
         )
-        value += reward
-        totals["value"] += reward.sum()
+        value += t.reward
+        totals["value"] += t.reward.sum()
         totals["revenue"] += info["revenue"].sum()
         totals["discount_cost"] += info["discount_cost"].sum()
         totals["contact_cost"] += info["contact_cost"].sum()

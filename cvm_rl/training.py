@@ -3,7 +3,7 @@
 One entry point, :func:`train`, for both families:
 
 * **contextual bandits** (``linucb``, ``lints``, ``egreedy``) learn online from each week's
-  immediate reward (:func:`cvm_rl.policies.bandits.train_bandit`);
+  immediate reward (:func:`train_bandit`);
 * **RL** (``ppo``, ``maskable_ppo``, ``a2c``, ``dqn``) are Stable-Baselines3 / sb3-contrib
   learners on the native vectorized environment (one numpy kernel steps every customer;
   :class:`~simulator.sb3.CustomerLifecycleSB3VecEnv`), with a discount close to 1 so they
@@ -26,7 +26,7 @@ import csv
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,93 +37,15 @@ from tqdm.rich import tqdm
 
 from cvm_rl.bundle import save_bundle
 from cvm_rl.evaluation import run_episode
-from cvm_rl.policies.bandits import (
-    EpsilonGreedyPolicy,
-    LinearBandit,
-    LinTSPolicy,
-    LinUCBPolicy,
-    train_bandit,
-)
+from cvm_rl.policies.bandits import LinearBandit
 from cvm_rl.policies.base import Policy
 from cvm_rl.policies.features import FeatureTransform
 from cvm_rl.policies.mlp import MLPPolicy
+from cvm_rl.registry import BANDIT_ALGOS, policy_class
+from cvm_rl.registry import sb3_algorithm as sb3_algorithm_class
+from cvm_rl.rollout import rollout
+from cvm_rl.train_config import VALIDATION_SEED_OFFSET, TrainConfig
 from simulator.config import Scenario, load_scenario
-
-BANDIT_ALGOS: dict[str, type[LinearBandit]] = {
-    "linucb": LinUCBPolicy,
-    "lints": LinTSPolicy,
-    "egreedy": EpsilonGreedyPolicy,
-}
-RL_ALGOS: tuple[str, ...] = ("ppo", "maskable_ppo", "a2c", "dqn")
-ALGOS: tuple[str, ...] = (*BANDIT_ALGOS, *RL_ALGOS)
-VALIDATION_SEED_OFFSET = 10_000
-"""Validation populations use seeds 10_000 + training seed: disjoint from training (the
-training seed's own stream) and from held-out evaluation (1000 and up)."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved in the run directory and the bundle).
-
-    ``steps`` counts environment steps, i.e. customer-weeks, for every algorithm. RL
-    hyperparameters apply to the SB3 learners; ``policy_kwargs`` passes through to SB3.
-    ``no_contact_prior`` adds that much to the initial logit of "no contact": a fresh policy
-    then starts near the do-nothing campaign instead of contacting at random, which otherwise
-    costs a long stretch of training to unlearn. ``optout_cost`` is charged in the RL
-    training reward for every opt-out: a lost permission costs contacts beyond the horizon
-    that the horizon's value cannot see (evaluation never includes it).
-    """
-
-    algo: str = "maskable_ppo"
-    scenario: str = "default"
-    seed: int = 0
-    steps: int = 2_000_000
-    n_envs: int = 1024
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    learning_rate: float = 5e-4
-    n_steps: int = 52
-    batch_size: int = 4096
-    n_epochs: int = 3
-    ent_coef: float = 0.0
-    net_arch: list[int] = field(default_factory=lambda: [64, 64])
-    no_contact_prior: float = 4.0
-    optout_cost: float = 0.0
-    policy_kwargs: dict[str, Any] = field(default_factory=dict)
-    bandit_kwargs: dict[str, Any] = field(default_factory=dict)
-    torch_threads: int = 1
-    validation_customers: int = 10_000
-    validation_every: int = 5
-
-    def validate(self) -> None:
-        if self.algo not in ALGOS:
-            raise ValueError(f"algo: unknown {self.algo!r}; allowed {list(ALGOS)}")
-        positive = (
-            "steps",
-            "n_envs",
-            "n_steps",
-            "batch_size",
-            "n_epochs",
-            "torch_threads",
-            "validation_customers",
-            "validation_every",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma!r}")
-        if not 0.0 <= self.gae_lambda <= 1.0:
-            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.ent_coef < 0:
-            raise ValueError(f"ent_coef must be >= 0, got {self.ent_coef!r}")
-        if not self.optout_cost >= 0:
-            raise ValueError(f"optout_cost must be >= 0, got {self.optout_cost!r}")
-        if not self.net_arch or any(int(w) < 1 for w in self.net_arch):
-            raise ValueError(f"net_arch must list positive layer widths, got {self.net_arch!r}")
 
 
 @dataclass
@@ -198,9 +120,8 @@ def make_training_env(config: TrainConfig, scenario: Scenario) -> Any:
 def build_model(config: TrainConfig, env: Any, tensorboard_log: str | None = None) -> Any:
     """The SB3 learner for ``config.algo`` with flat hyperparameters from ``config``."""
     import torch
-    from sb3_contrib import MaskablePPO
-    from stable_baselines3 import A2C, DQN, PPO
 
+    algorithm = sb3_algorithm_class(config.algo)
     policy_kwargs = {"net_arch": list(config.net_arch), **config.policy_kwargs}
     common: dict[str, Any] = {
         "gamma": config.gamma,
@@ -212,8 +133,7 @@ def build_model(config: TrainConfig, env: Any, tensorboard_log: str | None = Non
     }
     model: Any
     if config.algo in ("ppo", "maskable_ppo"):
-        cls = MaskablePPO if config.algo == "maskable_ppo" else PPO
-        model = cls(
+        model = algorithm(
             "MlpPolicy",
             env,
             n_steps=config.n_steps,
@@ -225,7 +145,7 @@ def build_model(config: TrainConfig, env: Any, tensorboard_log: str | None = Non
             **common,
         )
     elif config.algo == "a2c":
-        model = A2C(
+        model = algorithm(
             "MlpPolicy",
             env,
             n_steps=config.n_steps,
@@ -235,7 +155,7 @@ def build_model(config: TrainConfig, env: Any, tensorboard_log: str | None = Non
             **common,
         )
     else:
-        model = DQN(
+        model = algorithm(
             "MlpPolicy",
             env,
             batch_size=config.batch_size,
@@ -302,6 +222,30 @@ def _curve_callback(curve: list[tuple[int, float]], scenario: Scenario, config: 
     return _ValidationValue()
 
 
+def train_bandit(
+    policy: LinearBandit,
+    scenario: Scenario | str = "default",
+    *,
+    n_customers: int = 10_000,
+    weeks: int = 52,
+    seed: int = 0,
+) -> list[float]:
+    """Online learning on simulated customers: each week act, step, and update with the
+    immediate reward of the action actually executed. Runs ``weeks`` weeks (a fresh
+    population is drawn whenever the horizon ends) and returns the learning curve: mean
+    reward per customer for each week. The policy keeps its own seeded generator."""
+    if n_customers < 1 or weeks < 1:
+        raise ValueError(f"n_customers and weeks must be >= 1, got {n_customers}, {weeks}")
+    curve = []
+    steps = rollout(
+        policy, scenario, n_customers=n_customers, weeks=weeks, seed=seed, reseed_policy=False
+    )
+    for t in steps:
+        policy.update(t.obs, t.executed, t.reward)
+        curve.append(float(np.mean(t.reward)))
+    return curve
+
+
 def validation_value(policy: Policy, scenario: Scenario, config: TrainConfig) -> float:
     """Value per customer of ``policy`` on the run's fixed validation population."""
     seed = VALIDATION_SEED_OFFSET + config.seed
@@ -312,7 +256,6 @@ def train(
     config: TrainConfig, out: str | Path | None = None, *, progress_bar: bool = False
 ) -> TrainResult:
     """Train ``config.algo`` and, with ``out``, write the run directory and its bundle."""
-    config.validate()
     scenario = load_scenario(config.scenario)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
@@ -334,7 +277,8 @@ def _train_bandit(
 ) -> tuple[Policy, np.ndarray, np.ndarray]:
     """Online learning, one horizon of ``n_envs`` fresh customers at a time, validated
     like the RL learners every ``validation_every`` horizons."""
-    policy = BANDIT_ALGOS[config.algo](scenario, seed=config.seed, **config.bandit_kwargs)
+    bandit_type: Any = policy_class(config.algo)
+    policy = bandit_type(scenario, seed=config.seed, **config.bandit_kwargs)
     n_customers = min(config.n_envs, config.steps)
     horizon = scenario.horizon_weeks
     total_weeks = max(1, config.steps // n_customers)
@@ -387,7 +331,7 @@ def _train_rl(
 def _write_run(result: TrainResult, scenario: Scenario) -> None:
     out = result.out
     assert out is not None
-    config = asdict(result.config)
+    config = result.config.model_dump()
     metrics = {
         "train_seconds": round(result.seconds, 2),
         "env_steps": int(result.config.steps),

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cvm_rl.bundle import load_bundle
-from cvm_rl.cli import write_evaluation_plots
+from cvm_rl.cli.evaluate import write_evaluation_plots
 from cvm_rl.evaluation import PolicyResult, evaluate_policies, format_table, results_to_dict
 from cvm_rl.plots import plot_learning_curves
 from cvm_rl.policies import NoContactPolicy, Policy, RandomPolicy, RuleBasedPolicy

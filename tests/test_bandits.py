@@ -10,9 +10,9 @@ from cvm_rl.policies.bandits import (
     LinearBandit,
     LinTSPolicy,
     LinUCBPolicy,
-    train_bandit,
 )
 from cvm_rl.policies.features import FeatureTransform
+from cvm_rl.training import train_bandit
 from simulator.config import load_scenario
 from simulator.vector_env import CustomerLifecycleVectorEnv
 
@@ -57,7 +57,7 @@ def test_lints_propensity_is_the_monte_carlo_probability_of_the_action(rollout) 
     assert isinstance(policy, LinTSPolicy)
     obs, mask, _, _ = rollout[-1]
     policy.seed(5)
-    actions, propensities, probs = policy.act_with_probabilities(obs, mask)
+    actions, propensities, probs = policy.act_with_distribution(obs, mask)
     rows = np.arange(len(actions))
     assert np.all(propensities >= 1 / 33)
     np.testing.assert_array_equal(propensities, probs[rows, actions])

@@ -41,8 +41,8 @@ from cvm_rl.policies import (
     RandomPolicy,
     Rule,
     RuleBasedPolicy,
-    train_bandit,
 )
+from cvm_rl.training import train_bandit
 from simulator.config import Scenario, load_scenario, scenario_from_mapping
 from simulator.sb3 import CustomerLifecycleSB3VecEnv
 from simulator.vector_env import CustomerLifecycleVectorEnv

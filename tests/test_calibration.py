@@ -17,7 +17,6 @@ from cvm_rl.calibration import (
     CalibrationError,
     CalibrationResult,
     Transactions,
-    add_calibrate_arguments,
     bgnbd_log_likelihood,
     calibrate,
     fit_bgnbd,
@@ -26,10 +25,11 @@ from cvm_rl.calibration import (
     holdout_repeat_counts,
     load_transactions,
     repeat_purchase_histogram,
-    run_calibrate,
     summarize,
     write_scenario_fragment,
 )
+from cvm_rl.cli import main
+from cvm_rl.cli.calibrate import add_arguments as add_calibrate_arguments
 from cvm_rl.datasets import lifetimes_dataset
 
 CALIBRATION_START = date(1997, 1, 1)
@@ -495,14 +495,13 @@ def test_run_calibrate_on_cdnow(
     tmp_path: Path, cdnow_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cdnow.toml"
-    args = _parser().parse_args(
-        [
-            str(cdnow_path),
-            *("--calibration-start", "1997-01-01", "--calibration-end", "1997-09-30"),
-            *("--out", str(out)),
-        ]
-    )
-    assert run_calibrate(args) == 0
+    argv = [
+        "calibrate",
+        str(cdnow_path),
+        *("--calibration-start", "1997-01-01", "--calibration-end", "1997-09-30"),
+        *("--out", str(out)),
+    ]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "2357 customers" in printed
     assert re.search(r"^r\s+0\.2426$", printed, re.MULTILINE)
@@ -514,15 +513,14 @@ def test_run_calibrate_on_cdnow(
 
 def test_run_calibrate_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, GOOD_LINE + " 00004 0001 19971399 1 3.0\n", name="bad.txt")
-    args = _parser().parse_args([str(path), "--calibration-end", "1997-09-30"])
-    assert run_calibrate(args) == 2
+    assert main(["calibrate", str(path), "--calibration-end", "1997-09-30"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1
     assert "line 2, date column 2: cannot parse date '19971399'" in captured.err
 
-    missing = _parser().parse_args([str(tmp_path / "nope.txt"), "--calibration-end", "1997-09-30"])
-    assert run_calibrate(missing) == 2
+    missing = ["calibrate", str(tmp_path / "nope.txt"), "--calibration-end", "1997-09-30"]
+    assert main(missing) == 2
     assert "nope.txt" in capsys.readouterr().err
 
 

@@ -17,9 +17,10 @@ from simulator.vector_env import CustomerLifecycleVectorEnv
 SCENARIO = load_scenario("default")
 
 
-def test_simulate_prints_table_and_writes_json(tmp_path: Path, capsys) -> None:
+def test_evaluate_prints_table_and_writes_json(tmp_path: Path, capsys) -> None:
     out = tmp_path / "values.json"
-    code = main(["simulate", "--customers", "300", "--seeds", "1,2", "--json", str(out)])
+    argv = ["evaluate", "--policies", "no_contact", "random", "rules", "--customers", "300"]
+    code = main([*argv, "--seeds", "2", "--seed-start", "1", "--json", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     for policy in ("no_contact", "random", "rules"):
@@ -60,8 +61,8 @@ def test_no_contact_has_no_costs_and_ci_covers_mean() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["simulate", "--policies", "magic"], "--policies: unknown ['magic']"),
-        (["simulate", "--scenario", "nowhere"], "scenario 'nowhere' is neither a file"),
+        (["evaluate", "--policies", "magic"], "--policies: unknown ['magic']"),
+        (["evaluate", "--scenario", "nowhere"], "scenario 'nowhere' is neither a file"),
         (["scenario", "check", "nope.toml"], "scenario 'nope.toml' is neither a file"),
     ],
 )
@@ -73,7 +74,7 @@ def test_cli_errors_are_one_clear_line(argv, message, capsys) -> None:
 
 def test_cli_rejects_bad_numbers(capsys) -> None:
     with pytest.raises(SystemExit):
-        main(["simulate", "--customers", "0"])
+        main(["evaluate", "--customers", "0"])
     assert "expected a positive integer" in capsys.readouterr().err
 
 

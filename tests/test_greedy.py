@@ -7,13 +7,10 @@ import pytest
 
 import cvm_rl.policies.greedy as greedy_module
 from cvm_rl.evaluation import evaluate_policies
-from cvm_rl.policies.baselines import RandomPolicy
-from cvm_rl.policies.greedy import (
-    ExplorationPolicy,
-    GreedyUpliftPolicy,
-    LoggedData,
-    collect_logged_data,
-)
+from cvm_rl.logs.arrays import LoggedData
+from cvm_rl.logs.simulated import collect_logged_data
+from cvm_rl.policies.baselines import ExplorationPolicy, RandomPolicy
+from cvm_rl.policies.greedy import GreedyUpliftPolicy
 from simulator.config import load_scenario
 
 SCENARIO = load_scenario("default")

@@ -16,13 +16,6 @@ import pytest
 
 from cvm_rl.bundle import load_bundle, save_bundle
 from cvm_rl.cli import main
-from cvm_rl.logs.store import (
-    DecisionBatch,
-    DecisionLog,
-    DecisionLogError,
-    ModelRecord,
-    OutcomeRecord,
-)
 from cvm_rl.evaluation import run_episode
 from cvm_rl.logs.export import (
     EXPORT_SCHEMA,
@@ -31,14 +24,21 @@ from cvm_rl.logs.export import (
     read_export,
     read_models,
 )
-from cvm_rl.policies import Policy, RandomPolicy, RuleBasedPolicy
-from cvm_rl.policies.bandits import LinTSPolicy
 from cvm_rl.logs.simulated import (
     DEFAULT_START_US,
     WEEK_US,
     simulate_to_log,
     simulation_model_record,
 )
+from cvm_rl.logs.store import (
+    DecisionBatch,
+    DecisionLog,
+    DecisionLogError,
+    ModelRecord,
+    OutcomeRecord,
+)
+from cvm_rl.policies import Policy, RandomPolicy, RuleBasedPolicy
+from cvm_rl.policies.bandits import LinTSPolicy
 from simulator.config import load_scenario, scenario_from_mapping
 from simulator.core import observation_feature_names
 

@@ -21,9 +21,9 @@ from cvm_rl.policies import (
     Rule,
     RuleBasedPolicy,
     sample_actions,
-    train_bandit,
 )
 from cvm_rl.policies.oracle import OraclePolicy
+from cvm_rl.training import train_bandit
 from simulator.config import load_scenario
 from simulator.core import Population, observation_feature_names
 from simulator.vector_env import CustomerLifecycleVectorEnv

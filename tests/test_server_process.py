@@ -26,9 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_fixtures import Bundles, log_counts, make_bundles, sample_features
 
 from cvm_rl.cli import main as cvm_main
+from cvm_rl.cli.process import ServeProcess, serve_process
 from cvm_rl.logs.store import DecisionLog
 from server.client import DecisionClient, Outcome
-from cvm_rl.cli.process import ServeProcess, serve_process
 
 SERVE = [sys.executable, "-m", "cvm_rl.cli", "serve"]
 START_TIMEOUT_S = 60.0

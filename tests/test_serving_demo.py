@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from server_fixtures import make_bundles
 
-from cvm_rl.logs.store import DecisionLog
+from cvm_rl.cli.demo import format_summary, run_serving_demo
 from cvm_rl.logs.export import read_export
-from cvm_rl.loop.engine import format_summary, run_serving_demo
+from cvm_rl.logs.store import DecisionLog
 
 
 def test_serving_demo_round_trip(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ import torch
 from cvm_rl.bundle import load_bundle
 from cvm_rl.cli import main
 from cvm_rl.policies import NoContactPolicy
-from cvm_rl.training import ALGOS, TrainConfig, load_learning_curve, train, validation_value
+from cvm_rl.registry import ALGOS
+from cvm_rl.training import TrainConfig, load_learning_curve, train, validation_value
 from simulator.config import load_scenario
 from simulator.vector_env import CustomerLifecycleVectorEnv
 
@@ -143,7 +144,9 @@ def test_cli_train_then_evaluate_with_plots_and_json(tmp_path: Path, capsys) -> 
             "--customers",
             "300",
             "--seeds",
-            "1,2",
+            "2",
+            "--seed-start",
+            "1",
             "--json",
             str(out / "results.json"),
             "--plots",

@@ -1,36 +1,38 @@
-"""What the ``cvm`` commands share: the error type, reference policies, option parsers.
+"""What the ``cvm`` commands share: the error type, the help format, option parsers.
 
-Its own module so that command modules (``cvm logs``, ``cvm serve``) and ``cvm_rl.cli`` import
-one definition without importing each other.
+Imports nothing heavy: every command module imports this one to declare its options, and
+``cvm --help`` builds every command's parser.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import math
 from pathlib import Path
 
-from cvm_rl.bundle import MANIFEST_FILE
-from cvm_rl.policies import NoContactPolicy, Policy, RandomPolicy, RuleBasedPolicy
-from cvm_rl.policies.greedy import GreedyUpliftPolicy
-from cvm_rl.policies.oracle import OraclePolicy
-from simulator.config import Scenario
-
-REFERENCE_POLICIES: dict[str, Callable[[Scenario], Policy]] = {
-    "no_contact": NoContactPolicy,
-    "random": RandomPolicy,
-    "rules": RuleBasedPolicy,
-    # Fitted on a logged randomized campaign drawn with training seed 0 (held-out seeds are
-    # 1000 and up), so it never sees the evaluation populations.
-    "greedy": lambda scenario: GreedyUpliftPolicy.fit_from_simulation(scenario, seed=0),
-    "oracle": OraclePolicy,
-}
-"""Policies ``--policies`` can name: baselines, the greedy uplift model, the oracle."""
-BASELINES: tuple[str, ...] = ("no_contact", "random", "rules")
+HELD_OUT_SEED_START = 1000
+"""Held-out evaluation populations are seeds 1000 and up; training uses 0..999 and
+validation 10,000 + the training seed."""
 
 
 class CliError(ValueError):
-    """A bad command-line value; printed as one line naming the option."""
+    """A bad command-line value; printed as ``error: <option>: <problem>`` (exit code 2)."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the command descriptions' line breaks and appends each option's default to its
+    help (unless the default is empty or the help already states it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or default in (None, False, argparse.SUPPRESS, [], ())
+            or action.option_strings == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def positive_int(text: str) -> int:
@@ -43,7 +45,57 @@ def positive_int(text: str) -> int:
     return value
 
 
-def bundle_dir(path: str) -> Path:
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def add_seed_arguments(parser: argparse.ArgumentParser, *, default_count: int) -> None:
+    """``--seeds N --seed-start S``: the held-out populations S, S+1, ..., S+N-1."""
+    parser.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=default_count,
+        metavar="N",
+        help="number of held-out populations (seeds --seed-start, --seed-start + 1, ...)",
+    )
+    parser.add_argument(
+        "--seed-start",
+        type=int,
+        default=HELD_OUT_SEED_START,
+        metavar="S",
+        help="first held-out seed (training uses 0..999, validation 10000 and up)",
+    )
+
+
+def seeds_from_args(args: argparse.Namespace) -> list[int]:
+    return list(range(args.seed_start, args.seed_start + args.seeds))
+
+
+def add_scenario_argument(parser: argparse.ArgumentParser, **kwargs: object) -> None:
+    options: dict[str, object] = {"default": "default", "help": "built-in name or TOML path"}
+    options.update(kwargs)
+    parser.add_argument("--scenario", **options)  # type: ignore[arg-type]
+
+
+def bundle_dir(path: str | Path) -> Path:
     """A bundle directory, or a ``cvm train`` run directory holding one."""
+    from cvm_rl.bundle import MANIFEST_FILE
+
     root = Path(path)
     return root / "bundle" if (root / "bundle" / MANIFEST_FILE).is_file() else root

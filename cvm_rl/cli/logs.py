@@ -1,9 +1,9 @@
 """``cvm logs``: export a decision log to Parquet, or write a simulated one.
 
-``cvm logs export --log PATH --out DIR`` writes :func:`cvm_rl.logs.export.export_parquet`'s
-dataset and prints a one-line summary; ``cvm logs simulate --log PATH (--policy NAME |
---bundle DIR)`` runs a reference policy or a bundle on simulated customers and logs every
-decision and outcome (:func:`cvm_rl.logs.simulated.simulate_to_log`).
+``cvm logs export --log PATH --out DIR`` joins decisions with their outcomes into a Parquet
+dataset partitioned by date and prints a one-line summary; ``cvm logs simulate --log PATH
+(--policy NAME | --bundle DIR)`` runs a reference policy or a bundle on simulated customers
+and logs every decision and outcome in the service's schema.
 """
 
 from __future__ import annotations
@@ -11,52 +11,41 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cvm_rl.bundle import load_bundle
-from cvm_rl.cli.common import REFERENCE_POLICIES, CliError, bundle_dir, positive_int
-from cvm_rl.logs.store import DecisionLog, DecisionLogError, ModelRecord
-from cvm_rl.logs.export import export_parquet
-from cvm_rl.logs.simulated import simulate_to_log
-from simulator.config import load_scenario
-from simulator.core import observation_feature_names
+from cvm_rl.cli.common import (
+    CliError,
+    HelpFormatter,
+    bundle_dir,
+    finite_float,
+    non_negative_float,
+    positive_int,
+)
+from cvm_rl.registry import REFERENCE_POLICIES
+
+HELP = "export a decision log to Parquet, or simulate one"
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``cvm logs export`` and ``cvm logs simulate`` subcommands to ``parser``."""
-    sub = parser.add_subparsers(dest="logs_command", required=True)
+    sub = parser.add_subparsers(dest="logs_command", required=True, metavar="ACTION")
 
-    export = sub.add_parser("export", help="decisions joined with outcomes, as Parquet by date")
+    export = sub.add_parser(
+        "export",
+        help="decisions joined with outcomes, as Parquet partitioned by date",
+        description="Join decisions with their outcomes into Parquet partitioned by date.",
+        formatter_class=HelpFormatter,
+    )
     export.add_argument("--log", required=True, type=Path, help="decision log (SQLite file)")
     export.add_argument("--out", required=True, type=Path, help="output dataset directory")
     export.add_argument(
         "--outcome-window-days",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=7.0,
         help="days after a decision before a missing outcome counts as the default reward "
         "(default: %(default)s)",
     )
     export.add_argument(
         "--default-reward",
-        type=_finite_float,
+        type=finite_float,
         default=0.0,
         help="reward of a decision whose outcome never came (default: %(default)s)",
     )
@@ -66,18 +55,29 @@ def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
         help="also export decisions still inside the outcome window (reward null)",
     )
 
-    simulate = sub.add_parser("simulate", help="log a policy's decisions on simulated customers")
+    simulate = sub.add_parser(
+        "simulate",
+        help="log a policy's decisions on simulated customers",
+        description="Log a policy's decisions and outcomes on simulated customers.",
+        formatter_class=HelpFormatter,
+    )
     simulate.add_argument("--log", required=True, type=Path, help="decision log to write")
     who = simulate.add_mutually_exclusive_group(required=True)
-    who.add_argument("--policy", help="reference policy: no_contact, random, rules, ...")
+    who.add_argument("--policy", help=f"reference policy: {', '.join(REFERENCE_POLICIES)}")
     who.add_argument("--bundle", help="bundle directory or cvm train run directory")
     simulate.add_argument(
         "--scenario",
         help="built-in name or TOML path (default: the bundle's scenario, else 'default')",
     )
-    simulate.add_argument("--customers", type=positive_int, default=1000)
-    simulate.add_argument("--weeks", type=positive_int, help="default: the scenario's horizon")
-    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument(
+        "--customers", type=positive_int, default=1000, help="simulated customers"
+    )
+    simulate.add_argument(
+        "--weeks", type=positive_int, help="weeks to simulate (default: the scenario's horizon)"
+    )
+    simulate.add_argument(
+        "--seed", type=int, default=0, help="seeds the population and the policy's draws"
+    )
     simulate.add_argument(
         "--no-probabilities",
         action="store_true",
@@ -85,7 +85,7 @@ def add_logs_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_logs(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``cvm logs export`` or ``cvm logs simulate``."""
     if args.logs_command == "export":
         return _run_export(args)
@@ -93,6 +93,9 @@ def run_logs(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from cvm_rl.logs.export import export_parquet
+    from cvm_rl.logs.store import DecisionLogError
+
     try:
         summary = export_parquet(
             args.log,
@@ -110,6 +113,13 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
+    from cvm_rl.bundle import load_bundle
+    from cvm_rl.logs.simulated import simulate_to_log
+    from cvm_rl.logs.store import DecisionLog, DecisionLogError, ModelRecord
+    from cvm_rl.registry import reference_policy
+    from simulator.config import load_scenario
+    from simulator.core import observation_feature_names
+
     if args.bundle is not None:
         bundle = load_bundle(bundle_dir(args.bundle), seed=args.seed)
         policy, model = bundle.policy, ModelRecord.from_bundle(bundle)
@@ -124,11 +134,10 @@ def _run_simulate(args: argparse.Namespace) -> int:
                 f"'{scenario.name}'"
             )
     else:
-        factories = REFERENCE_POLICIES
-        if args.policy not in factories:
-            raise CliError(f"--policy: unknown {args.policy!r}; allowed {list(factories)}")
+        if args.policy not in REFERENCE_POLICIES:
+            raise CliError(f"--policy: unknown {args.policy!r}; allowed {list(REFERENCE_POLICIES)}")
         scenario = load_scenario(args.scenario or "default")
-        policy, model = factories[args.policy](scenario), None
+        policy, model = reference_policy(args.policy, scenario), None
     weeks = scenario.horizon_weeks if args.weeks is None else args.weeks
     if weeks > scenario.horizon_weeks:
         raise CliError(

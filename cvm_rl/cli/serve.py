@@ -1,27 +1,31 @@
-"""``cvm serve``: run the decision service on a bundle."""
+"""``cvm serve``: run the gRPC decision service on a bundle.
+
+Decisions come from the bundle with seeded exploration and exact propensities; every decision
+is committed to the SQLite decision log before it is answered. SIGTERM stops it gracefully.
+
+  cvm serve --bundle runs/mppo --port 50051 --log decisions.db
+  cvm serve --bundle runs/mppo --workers 2 --exploration epsilon --epsilon 0.05 \\
+      --token-file token.txt --tls-cert server.pem --tls-key server.key --metrics-port 9100
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cvm_rl.cli.common import CliError, bundle_dir
-from server.app import (
-    ServerConfig,
-    configure_logging,
-    load_serving_model,
-    run_workers,
-    serve,
-    write_ready_file,
-)
-from server.model import Exploration
 
+if TYPE_CHECKING:
+    from server.app import ServerConfig
+    from server.model import Exploration
+
+HELP = "run the gRPC decision service on a bundle"
 TOKEN_ENV = "CVM_AUTH_TOKEN"
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", required=True, help="bundle directory or cvm train run dir")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one")
@@ -65,6 +69,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def exploration_from_args(args: argparse.Namespace) -> Exploration:
     """``--exploration`` with its parameter; by default softmax at 1 for score bundles would
     equal ``policy``, so the default is the bundle's own distribution."""
+    from server.model import Exploration
+
     mode = args.exploration or (
         "epsilon" if args.epsilon is not None else "softmax" if args.temperature else "policy"
     )
@@ -85,6 +91,8 @@ def exploration_from_args(args: argparse.Namespace) -> Exploration:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    from server.app import ServerConfig
+
     bundle = bundle_dir(args.bundle)
     token = os.environ.get(TOKEN_ENV)
     if args.token_file:
@@ -122,7 +130,17 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from server.app import (
+        configure_logging,
+        load_serving_model,
+        run_workers,
+        serve,
+        write_ready_file,
+    )
+
     config = config_from_args(args)
     try:
         load_serving_model(config)  # refuse a bad bundle with the option's name, before binding

@@ -29,11 +29,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from cvm_rl.logs.arrays import LoggedData
 from cvm_rl.logs.store import DecisionBatch, DecisionLog, ModelRecord, OutcomeRecord
-from cvm_rl.policies.base import Policy, explored, sample_actions
-from simulator.config import Scenario
+from cvm_rl.policies.base import Policy, explored
+from cvm_rl.policies.baselines import ExplorationPolicy
+from cvm_rl.rollout import rollout
+from simulator.config import Scenario, load_scenario
 from simulator.core import observation_feature_names
-from simulator.vector_env import CustomerLifecycleVectorEnv
 
 WEEK_US = 7 * 86_400 * 1_000_000
 DEFAULT_START_US = int(datetime(2026, 1, 5, tzinfo=UTC).timestamp()) * 1_000_000
@@ -64,28 +66,6 @@ def simulation_model_record(policy: Policy, scenario: Scenario) -> ModelRecord:
         feature_names=observation_feature_names(scenario),
         action_names=scenario.action_names(),
     )
-
-
-def act_with_distribution(
-    policy: Policy, obs: np.ndarray, mask: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Actions (N,), their propensities (N,) and the distribution (N, A) they were drawn from.
-
-    One draw, consuming the policy's generator as ``policy.act`` does: a policy with its own
-    ``act_with_probabilities`` (Thompson sampling) uses it; otherwise the actions are sampled
-    from ``action_probabilities``. A policy that overrides ``act`` without it keeps its own
-    draw and propensities, and its distribution comes from a second call.
-    """
-    own = getattr(policy, "act_with_probabilities", None)
-    if callable(own):
-        actions, propensities, probs = own(obs, mask)
-        return actions, propensities, probs
-    if type(policy).act is not Policy.act:
-        actions, propensities = policy.act(obs, mask)
-        return actions, propensities, policy.action_probabilities(obs, mask)
-    probs = policy.action_probabilities(obs, mask)
-    actions = sample_actions(probs, policy.rng)
-    return actions, probs[np.arange(len(actions)), actions], probs
 
 
 def simulate_to_log(
@@ -145,12 +125,6 @@ def simulate_to_log(
             "(event ids would collide); use another seed or another log"
         )
 
-    env = CustomerLifecycleVectorEnv(customers, scenario)
-    obs, info = env.reset(seed=seed)
-    policy.seed(seed)
-    bind = getattr(policy, "bind", None)  # latent-state policies (the oracle)
-    if callable(bind):
-        bind(env.population)
     activation = log.activate(
         model,
         learning_mode="online",
@@ -162,41 +136,44 @@ def simulate_to_log(
     no_baseline = np.full(customers, -1, dtype=np.int64)
     total_reward = 0.0
     recorded = 0
-    for week in range(weeks):
-        mask = info["action_mask"]
-        actions, propensities, probs = act_with_distribution(policy, obs, mask)
-        decided_at = start_us + week * WEEK_US
-        event_ids = [f"{cid}-w{week}" for cid in customer_ids]
+    steps = rollout(
+        policy, scenario, n_customers=customers, weeks=weeks, seed=seed, with_probabilities=True
+    )
+    for t in steps:
+        d = t.decisions
+        assert d.probabilities is not None
+        decided_at = start_us + t.week * WEEK_US
+        event_ids = [f"{cid}-w{t.week}" for cid in customer_ids]
         replayed = log.insert_decisions(
             DecisionBatch(
                 event_ids=event_ids,
                 customer_ids=customer_ids,
                 decided_at_us=np.full(customers, decided_at, dtype=np.int64),
                 activation=activation.seq,
-                action_index=actions,
-                propensity=propensities,
-                policy_action_index=actions,
-                policy_propensity=propensities,
+                action_index=d.actions,
+                propensity=d.propensities,
+                policy_action_index=d.actions,
+                policy_propensity=d.propensities,
                 baseline_action_index=no_baseline,
-                explored=explored(probs, actions),
-                features=np.asarray(obs, dtype=np.float32),
-                eligible=mask,
-                probabilities=probs if probabilities else None,
+                explored=explored(d.probabilities, d.actions),
+                features=np.asarray(t.obs, dtype=np.float32),
+                eligible=t.mask,
+                probabilities=d.probabilities if probabilities else None,
             )
         )
         if replayed:
             raise ValueError(
-                f"seed: event ids of week {week} are already in the log {log.path}; "
+                f"seed: event ids of week {t.week} are already in the log {log.path}; "
                 "use another seed or another log"
             )
-        obs, reward, _, _, info = env.step(actions)
         reported_at = decided_at + WEEK_US
+        info = t.next_info
         recorded += log.record_outcomes(
             [
                 OutcomeRecord(eid, r, bool(p > 0), s, o, reported_at)
                 for eid, r, p, s, o in zip(
                     event_ids,
-                    reward.tolist(),
+                    t.reward.tolist(),
                     info["purchases"].tolist(),
                     info["revenue"].tolist(),
                     info["opted_out"].tolist(),
@@ -204,7 +181,7 @@ def simulate_to_log(
                 )
             ]
         )[0]
-        total_reward += float(reward.sum())
+        total_reward += float(t.reward.sum())
     return SimulationLogSummary(
         decisions=customers * weeks,
         outcomes=recorded,
@@ -214,4 +191,55 @@ def simulate_to_log(
         total_reward=total_reward,
         first_decided_at_us=start_us,
         last_decided_at_us=start_us + (weeks - 1) * WEEK_US,
+    )
+
+
+def _check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def collect_logged_data(
+    scenario: Scenario | str,
+    *,
+    n_customers: int = 20_000,
+    weeks: int = 52,
+    seed: int = 0,
+    logging_policy: Policy | None = None,
+) -> LoggedData:
+    """Run ``logging_policy`` (default :class:`~cvm_rl.policies.baselines.ExplorationPolicy`)
+    on ``n_customers`` simulated customers for ``weeks`` weeks (a fresh population whenever
+    the horizon ends) and return every decision as arrays, week-major.
+
+    ``seed`` seeds the population and the logging policy's generator, so the same seed gives
+    the same data. The logged action is the one the policy chose, with its propensity; where
+    the environment executed another (a budget refusal turns a contact into no contact),
+    ``executed`` says so, and the reward is the executed action's.
+    """
+    sc = load_scenario(scenario)
+    n = _check_count("n_customers", n_customers)
+    weeks = _check_count("weeks", weeks)
+    policy = ExplorationPolicy(sc) if logging_policy is None else logging_policy
+    if policy.feature_names != observation_feature_names(sc) or policy.n_actions != sc.n_actions:
+        raise ValueError("logging_policy: its features or actions differ from the scenario's")
+    shape = (weeks, n)
+    out_obs = np.empty((*shape, len(policy.feature_names)), dtype=np.float32)
+    out_mask = np.empty((*shape, sc.n_actions), dtype=bool)
+    out_actions = np.empty(shape, dtype=np.int64)
+    out_executed = np.empty(shape, dtype=np.int64)
+    out_props = np.empty(shape)
+    out_rewards = np.empty(shape)
+    for t in rollout(policy, sc, n_customers=n, weeks=weeks, seed=seed):
+        i = t.week
+        out_obs[i], out_mask[i] = t.obs, t.mask
+        out_actions[i], out_executed[i] = t.decisions.actions, t.executed
+        out_props[i], out_rewards[i] = t.decisions.propensities, t.reward
+    return LoggedData(
+        obs=out_obs.reshape(weeks * n, -1),
+        mask=out_mask.reshape(weeks * n, -1),
+        actions=out_actions.ravel(),
+        propensities=out_props.ravel(),
+        rewards=out_rewards.ravel(),
+        executed=out_executed.ravel(),
     )

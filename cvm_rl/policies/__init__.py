@@ -5,23 +5,18 @@ from cvm_rl.policies.bandits import (
     LinearBandit,
     LinTSPolicy,
     LinUCBPolicy,
-    train_bandit,
 )
 from cvm_rl.policies.base import Policy, sample_actions
 from cvm_rl.policies.baselines import (
     DEFAULT_RULES,
+    ExplorationPolicy,
     NoContactPolicy,
     RandomPolicy,
     Rule,
     RuleBasedPolicy,
 )
 from cvm_rl.policies.features import FeatureTransform
-from cvm_rl.policies.greedy import (
-    ExplorationPolicy,
-    GreedyUpliftPolicy,
-    LoggedData,
-    collect_logged_data,
-)
+from cvm_rl.policies.greedy import GreedyUpliftPolicy
 from cvm_rl.policies.mlp import MLPPolicy
 
 __all__ = [
@@ -33,14 +28,11 @@ __all__ = [
     "LinTSPolicy",
     "LinUCBPolicy",
     "LinearBandit",
-    "LoggedData",
     "MLPPolicy",
     "NoContactPolicy",
     "Policy",
     "RandomPolicy",
     "Rule",
     "RuleBasedPolicy",
-    "collect_logged_data",
     "sample_actions",
-    "train_bandit",
 ]

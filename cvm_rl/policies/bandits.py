@@ -29,7 +29,6 @@ import numpy as np
 from cvm_rl.policies.base import Policy, argmax_probabilities, check_number
 from cvm_rl.policies.features import FeatureTransform
 from simulator.config import Scenario
-from simulator.vector_env import CustomerLifecycleVectorEnv
 
 _CHUNK_ROWS = 2048  # rows per block in the (rows x actions x dim) computations (bounds memory)
 
@@ -329,7 +328,7 @@ class LinTSPolicy(LinearBandit):
     def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self._frequencies(self._winners(obs, mask, self.n_propensity_samples))
 
-    def act_with_probabilities(
+    def act_with_distribution(
         self, obs: np.ndarray, mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Actions (N,), their propensities (N,), and the full (N, A) MC probabilities
@@ -339,35 +338,3 @@ class LinTSPolicy(LinearBandit):
         probs = self._frequencies(winners)
         actions = winners[0]
         return actions, probs[np.arange(len(actions)), actions], probs
-
-    def act(self, obs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        actions, propensities, _ = self.act_with_probabilities(obs, mask)
-        return actions, propensities
-
-
-def train_bandit(
-    policy: LinearBandit,
-    scenario: Scenario | str = "default",
-    *,
-    n_customers: int = 10_000,
-    weeks: int = 52,
-    seed: int = 0,
-) -> list[float]:
-    """Online learning on simulated customers: each week act, step, and update with the
-    immediate reward of the action actually executed. Runs ``weeks`` weeks (a fresh
-    population is drawn whenever the horizon ends) and returns the learning curve: mean
-    reward per customer for each week. The policy keeps its own seeded generator."""
-    if n_customers < 1 or weeks < 1:
-        raise ValueError(f"n_customers and weeks must be >= 1, got {n_customers}, {weeks}")
-    env = CustomerLifecycleVectorEnv(n_customers, scenario)
-    obs, info = env.reset(seed=seed)
-    curve = []
-    for _ in range(weeks):
-        actions, _ = policy.act(obs, info["action_mask"])
-        next_obs, reward, _, truncated, info = env.step(actions)
-        policy.update(obs, info["executed_action"], reward)
-        curve.append(float(np.mean(reward)))
-        obs = next_obs
-        if truncated.any():
-            obs, info = env.reset()
-    return curve

@@ -50,9 +50,19 @@ class Policy(ABC):
 
     def act(self, obs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sampled actions (N,) and their propensities (N,)."""
+        actions, propensities, _ = self.act_with_distribution(obs, mask)
+        return actions, propensities
+
+    def act_with_distribution(
+        self, obs: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sampled actions (N,), their propensities (N,) and the distribution (N, A) they
+        were drawn from, in one draw of the policy's generator (what a decision log stores).
+        Policies whose sampling is not a draw from ``action_probabilities`` (Thompson
+        sampling) override this and ``act`` together."""
         probs = self.action_probabilities(obs, mask)
         actions = sample_actions(probs, self.rng)
-        return actions, probs[np.arange(len(actions)), actions]
+        return actions, probs[np.arange(len(actions)), actions], probs
 
     def check_obs(self, obs: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         """``obs`` as an (N, n_features) finite array of ``dtype``, or a ValueError naming it."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cvm_rl.policies.base import Policy, one_hot
+from cvm_rl.policies.base import Policy, check_number, one_hot
 from simulator.config import STAGES, Scenario
 
 
@@ -119,4 +119,30 @@ class RuleBasedPolicy(Policy):
         stuck = ~mask[np.arange(n), actions]
         if stuck.any():
             probs[stuck] = mask[stuck] / mask[stuck].sum(axis=1, keepdims=True)
+        return probs
+
+
+class ExplorationPolicy(Policy):
+    """Randomized logging policy: no contact with probability ``no_contact_share``, otherwise
+    uniform over the eligible contacts (all mass on no contact when none is eligible, uniform
+    over the contacts when no contact is not eligible)."""
+
+    name = "exploration"
+
+    def __init__(
+        self, scenario: Scenario, *, no_contact_share: float = 0.5, seed: int | None = None
+    ) -> None:
+        super().__init__(scenario, seed=seed)
+        self.no_contact_share = check_number(
+            "no_contact_share", no_contact_share, low=0.0, strict=False, high=1.0
+        )
+
+    def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        contacts = mask.copy()
+        contacts[:, 0] = False
+        n_contacts = contacts.sum(axis=1, keepdims=True)
+        share = np.where(mask[:, :1], self.no_contact_share, 0.0)
+        share = np.where(n_contacts > 0, share, 1.0)
+        probs = contacts * ((1.0 - share) / np.maximum(n_contacts, 1))
+        probs[:, 0] = share[:, 0]
         return probs

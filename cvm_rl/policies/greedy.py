@@ -1,10 +1,11 @@
 """A myopic greedy policy on a fitted one-step uplift model (what a data-science team ships).
 
-Offline, not online: :func:`collect_logged_data` runs a randomized campaign in the simulator
-(by default :class:`ExplorationPolicy`: no contact with probability 0.5, otherwise uniform over
-the eligible contacts) and logs, per customer and week, the observation at decision time, the
-action mask, the action the environment executed, its logging propensity and the week's
-reward. :class:`GreedyUpliftPolicy` then fits one ridge regression per action of that
+Offline, not online: :func:`~cvm_rl.logs.simulated.collect_logged_data` runs a randomized
+campaign in the simulator (by default :class:`~cvm_rl.policies.baselines.ExplorationPolicy`:
+no contact with probability 0.5, otherwise uniform over the eligible contacts) and logs, per
+customer and week, the observation at decision time, the action mask, the chosen action with
+its logging propensity, the action the environment executed and the week's reward.
+:class:`GreedyUpliftPolicy` then fits one ridge regression per executed action of that
 immediate reward on the customer's features (a "T-learner") and, per customer, plays the
 eligible action with the highest predicted uplift over no contact, contacting only when that
 uplift exceeds ``margin``.
@@ -29,158 +30,16 @@ Actions that never appear in the logged data have no model and are never chosen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from cvm_rl.logs.arrays import LoggedData
 from cvm_rl.policies.base import Policy, argmax_probabilities, check_number
 from cvm_rl.policies.features import FeatureTransform
 from simulator.config import Scenario, load_scenario
-from simulator.vector_env import CustomerLifecycleVectorEnv
 
 _FIT_CHUNK_ROWS = 65_536  # rows per block when accumulating the normal equations (bounds memory)
-
-
-@dataclass(frozen=True, eq=False)
-class LoggedData:
-    """Logged decisions, one row per (customer, week): ``obs`` (N, D) at decision time,
-    ``mask`` (N, A) eligible actions, ``actions`` (N,) executed actions, ``propensities`` (N,)
-    logging probability of the executed action, ``rewards`` (N,) the week's reward."""
-
-    obs: np.ndarray
-    mask: np.ndarray
-    actions: np.ndarray
-    propensities: np.ndarray
-    rewards: np.ndarray
-
-    def __post_init__(self) -> None:
-        obs = np.asarray(self.obs, dtype=np.float32)
-        mask = np.asarray(self.mask)
-        actions = np.asarray(self.actions)
-        propensities = np.asarray(self.propensities, dtype=np.float64)
-        rewards = np.asarray(self.rewards, dtype=np.float64)
-        if obs.ndim != 2:
-            raise ValueError(f"obs must have shape (N, D), got {obs.shape}")
-        n = len(obs)
-        if mask.ndim != 2 or len(mask) != n or mask.dtype != bool:
-            raise ValueError(
-                f"mask must be a boolean (N={n}, A) array, got {mask.dtype} {mask.shape}"
-            )
-        if actions.shape != (n,) or not np.issubdtype(actions.dtype, np.integer):
-            raise ValueError(
-                f"actions must be ({n},) integers, got {actions.dtype} {actions.shape}"
-            )
-        if n and (actions.min() < 0 or actions.max() >= mask.shape[1]):
-            raise ValueError(f"actions must be in [0, {mask.shape[1]}), got {actions.min()}..")
-        if n and not mask[np.arange(n), actions].all():
-            raise ValueError("actions: every logged action must be eligible under mask")
-        if propensities.shape != (n,) or not np.all((propensities >= 0) & (propensities <= 1)):
-            raise ValueError(f"propensities must be ({n},) values in [0, 1]")
-        if rewards.shape != (n,) or not np.isfinite(rewards).all():
-            raise ValueError(f"rewards must be ({n},) finite numbers")
-        if not np.isfinite(obs).all():
-            raise ValueError("obs must be finite (found NaN or inf)")
-        for name, value in (
-            ("obs", obs),
-            ("mask", mask),
-            ("actions", actions.astype(np.int64, copy=False)),
-            ("propensities", propensities),
-            ("rewards", rewards),
-        ):
-            object.__setattr__(self, name, value)
-
-    def __len__(self) -> int:
-        return len(self.obs)
-
-
-class ExplorationPolicy(Policy):
-    """Randomized logging policy: no contact with probability ``no_contact_share``, otherwise
-    uniform over the eligible contacts (all mass on no contact when none is eligible, uniform
-    over the contacts when no contact is not eligible)."""
-
-    name = "exploration"
-
-    def __init__(
-        self, scenario: Scenario, *, no_contact_share: float = 0.5, seed: int | None = None
-    ) -> None:
-        super().__init__(scenario, seed=seed)
-        self.no_contact_share = check_number(
-            "no_contact_share", no_contact_share, low=0.0, strict=False, high=1.0
-        )
-
-    def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        contacts = mask.copy()
-        contacts[:, 0] = False
-        n_contacts = contacts.sum(axis=1, keepdims=True)
-        share = np.where(mask[:, :1], self.no_contact_share, 0.0)
-        share = np.where(n_contacts > 0, share, 1.0)
-        probs = contacts * ((1.0 - share) / np.maximum(n_contacts, 1))
-        probs[:, 0] = share[:, 0]
-        return probs
-
-
-def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
-
-
-def collect_logged_data(
-    scenario: Scenario | str,
-    *,
-    n_customers: int = 20_000,
-    weeks: int = 52,
-    seed: int = 0,
-    logging_policy: Policy | None = None,
-) -> LoggedData:
-    """Run ``logging_policy`` (default :class:`ExplorationPolicy`) on ``n_customers`` simulated
-    customers for ``weeks`` weeks (a fresh population whenever the horizon ends, as in
-    :func:`~cvm_rl.policies.bandits.train_bandit`) and log every decision.
-
-    ``seed`` seeds the population and the logging policy's generator, so the same seed gives
-    the same data. The logged action is the one executed; where the environment overrode the
-    chosen action (a budget refusal turns it into no contact) the recorded propensity is the
-    logging probability of the executed action, a lower bound of its true propensity.
-    """
-    sc = load_scenario(scenario)
-    n = _check_count("n_customers", n_customers)
-    weeks = _check_count("weeks", weeks)
-    policy = ExplorationPolicy(sc) if logging_policy is None else logging_policy
-    reference = ExplorationPolicy(sc)
-    if policy.feature_names != reference.feature_names or policy.n_actions != sc.n_actions:
-        raise ValueError("logging_policy: its features or actions differ from the scenario's")
-    policy.seed(seed)
-    env = CustomerLifecycleVectorEnv(n, sc)
-    obs, info = env.reset(seed=seed)
-    shape = (weeks, n)
-    out_obs = np.empty((*shape, obs.shape[1]), dtype=np.float32)
-    out_mask = np.empty((*shape, sc.n_actions), dtype=bool)
-    out_actions = np.empty(shape, dtype=np.int64)
-    out_props = np.empty(shape)
-    out_rewards = np.empty(shape)
-    for t in range(weeks):
-        mask = info["action_mask"]
-        actions, props = policy.act(obs, mask)
-        next_obs, reward, _, truncated, info = env.step(actions)
-        executed = info["executed_action"]
-        changed = np.flatnonzero(executed != actions)
-        if len(changed):
-            props = props.copy()
-            probs = policy.action_probabilities(obs[changed], mask[changed])
-            props[changed] = probs[np.arange(len(changed)), executed[changed]]
-        out_obs[t], out_mask[t], out_actions[t] = obs, mask, executed
-        out_props[t], out_rewards[t] = props, reward
-        obs = next_obs
-        if truncated.any():
-            obs, info = env.reset()
-    return LoggedData(
-        obs=out_obs.reshape(weeks * n, -1),
-        mask=out_mask.reshape(weeks * n, -1),
-        actions=out_actions.ravel(),
-        propensities=out_props.ravel(),
-        rewards=out_rewards.ravel(),
-    )
 
 
 class GreedyUpliftPolicy(Policy):
@@ -270,7 +129,7 @@ class GreedyUpliftPolicy(Policy):
                 f"data: obs/mask widths {data.obs.shape[1]}/{data.mask.shape[1]} do not match "
                 f"the scenario's {n_feat} features and {self.n_actions} actions"
             )
-        counts = np.bincount(data.actions, minlength=self.n_actions)
+        counts = np.bincount(data.executed_actions, minlength=self.n_actions)
         if counts[0] == 0:
             raise ValueError("data: no logged rows of no contact (action 0); uplift needs them")
         gram, moment = self._normal_equations(data)
@@ -300,7 +159,7 @@ class GreedyUpliftPolicy(Policy):
         gram, moment = np.zeros((k, d, d)), np.zeros((k, d))
         for start in range(0, len(data), _FIT_CHUNK_ROWS):
             rows = slice(start, start + _FIT_CHUNK_ROWS)
-            actions, rewards = data.actions[rows], data.rewards[rows]
+            actions, rewards = data.executed_actions[rows], data.rewards[rows]
             z = self.transform.scaled(data.obs[rows])
             cells = self._cells(z)
             if cells is None:
@@ -368,9 +227,12 @@ class GreedyUpliftPolicy(Policy):
         ridge: float = 1.0,
         margin: float = 0.0,
     ) -> GreedyUpliftPolicy:
-        """Log an :class:`ExplorationPolicy` campaign with :func:`collect_logged_data` and fit."""
+        """Log an :class:`~cvm_rl.policies.baselines.ExplorationPolicy` campaign with
+        :func:`~cvm_rl.logs.simulated.collect_logged_data` and fit."""
         sc = load_scenario(scenario)
         policy = cls(sc, ridge=ridge, margin=margin, seed=seed)  # validate before simulating
+        from cvm_rl.logs.simulated import collect_logged_data  # the simulator, only here
+
         return policy.fit(collect_logged_data(sc, n_customers=n_customers, weeks=weeks, seed=seed))
 
     def _fitted(self) -> tuple[np.ndarray, np.ndarray]:

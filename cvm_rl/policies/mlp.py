@@ -3,9 +3,9 @@
 Pipeline: raw observation -> :meth:`FeatureTransform.scaled` -> fully connected layers
 ``h = act(h @ W + b)`` (no activation after the last) -> scores over actions. Weights are
 stored as float32 (as trained) and applied in float64, so a row's scores do not depend on the
-batch it is in. The SB3 model is trained on already-scaled observations (a ``VecEnvWrapper`` applies the same
-transform), so the extracted layers expect scaled features and this class applies the
-transform itself.
+batch it is in. The SB3 model is trained on already-scaled observations (a ``VecEnvWrapper``
+applies the same transform), so the extracted layers expect scaled features and this class
+applies the transform itself.
 
 Two heads:
 
@@ -31,9 +31,6 @@ from simulator.core import observation_feature_names
 
 ACTIVATIONS: tuple[str, ...] = ("tanh", "relu")
 HEADS: tuple[str, ...] = ("logits", "q_values")
-
-# SB3 algorithm class name -> default policy name.
-_SB3_NAMES = {"PPO": "ppo", "A2C": "a2c", "DQN": "dqn", "MaskablePPO": "maskable_ppo"}
 
 
 class MLPPolicy(Policy):
@@ -216,6 +213,7 @@ class MLPPolicy(Policy):
         from stable_baselines3.common.torch_layers import FlattenExtractor
         from torch import nn
 
+        from cvm_rl.registry import name_of_sb3_algorithm
         from simulator.spaces import observation_space
 
         algo = type(model).__name__
@@ -287,5 +285,5 @@ class MLPPolicy(Policy):
             biases,
             activation=activation,
             head=head,
-            name=name or _SB3_NAMES.get(algo, algo.lower()),
+            name=name or name_of_sb3_algorithm(algo),
         )

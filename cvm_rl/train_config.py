@@ -1,0 +1,108 @@
+"""The settings of a training run (:class:`TrainConfig`), apart from the training code so
+that ``cvm train --help`` shows the defaults without importing the training stack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from cvm_rl.config import ConfigModel
+from cvm_rl.registry import ALGOS, spec
+
+VALIDATION_SEED_OFFSET = 10_000
+"""Validation populations use seeds 10_000 + training seed: disjoint from training (the
+training seed's own stream) and from held-out evaluation (1000 and up)."""
+
+_POSITIVE = (
+    "steps",
+    "n_envs",
+    "n_steps",
+    "batch_size",
+    "n_epochs",
+    "torch_threads",
+    "validation_customers",
+    "validation_every",
+)
+
+
+class TrainConfig(ConfigModel):
+    """Everything that defines a training run (saved in the run directory and the bundle).
+
+    ``steps`` counts environment steps, i.e. customer-weeks, for every algorithm. RL
+    hyperparameters apply to the SB3 learners; ``policy_kwargs`` passes through to SB3.
+    ``no_contact_prior`` adds that much to the initial logit of "no contact": a fresh policy
+    then starts near the do-nothing campaign instead of contacting at random, which otherwise
+    costs a long stretch of training to unlearn. ``optout_cost`` is charged in the RL
+    training reward for every opt-out: a lost permission costs contacts beyond the horizon
+    that the horizon's value cannot see (evaluation never includes it).
+    """
+
+    algo: str = "maskable_ppo"
+    scenario: str = "default"
+    seed: int = 0
+    steps: int = 2_000_000
+    n_envs: int = 1024
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    learning_rate: float = 5e-4
+    n_steps: int = 52
+    batch_size: int = 4096
+    n_epochs: int = 3
+    ent_coef: float = 0.0
+    net_arch: list[int] = Field(default_factory=lambda: [64, 64])
+    no_contact_prior: float = 4.0
+    optout_cost: float = 0.0
+    policy_kwargs: dict[str, Any] = Field(default_factory=dict)
+    bandit_kwargs: dict[str, Any] = Field(default_factory=dict)
+    torch_threads: int = 1
+    validation_customers: int = 10_000
+    validation_every: int = 5
+
+    @field_validator("algo")
+    @classmethod
+    def _known_algo(cls, value: str) -> str:
+        spec(value, ALGOS, what="algo")
+        return value
+
+    @field_validator(*_POSITIVE, mode="before")
+    @classmethod
+    def _positive(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{info.field_name} must be a positive integer, got {value!r}")
+        return value
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {value!r}")
+        return value
+
+    @field_validator("gae_lambda")
+    @classmethod
+    def _gae_lambda(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {value!r}")
+        return value
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _learning_rate(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"learning_rate must be > 0, got {value!r}")
+        return value
+
+    @field_validator("ent_coef", "optout_cost")
+    @classmethod
+    def _non_negative(cls, value: float, info: ValidationInfo) -> float:
+        if not value >= 0:
+            raise ValueError(f"{info.field_name} must be >= 0, got {value!r}")
+        return value
+
+    @field_validator("net_arch")
+    @classmethod
+    def _net_arch(cls, value: list[int]) -> list[int]:
+        if not value or any(int(w) < 1 for w in value):
+            raise ValueError(f"net_arch must list positive layer widths, got {value!r}")
+        return value
