@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint type format bench protos clean
+.PHONY: install demo test test-fast lint type format bench protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cvm demo
 
+# The full suite: what CI runs (`bash .ci/run`).
 test: $(STAMP)
-	$(BIN)/pytest -m "not slow" -q
-
-test-all: $(STAMP)
 	$(BIN)/pytest -q
+
+# The edit-test loop: everything but the slow tests (subprocess servers, SB3 training,
+# a fresh serving-only install).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -38,6 +41,7 @@ protos: $(STAMP)
 	$(BIN)/python -m server.gen_protos
 
 bench: $(STAMP)
+	$(BIN)/python -m bench.cli
 	$(BIN)/python -m bench.simulator
 	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.policies

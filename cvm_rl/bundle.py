@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cvm_rl import __version__
 from cvm_rl.policies.bandits import LinearBandit
@@ -58,22 +59,64 @@ ARRAYS_FILE = "arrays.npz"
 _UNHASHED = ("model_id", "version", "sha256", "created_at", "cvm_rl_version")
 """Manifest fields outside the content hash (derived from it, or provenance only)."""
 
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "kind": str,
-    "algo": str,
-    "model_id": str,
-    "version": str,
-    "sha256": str,
-    "policy_name": str,
-    "policy_config": dict,
-    "arrays": dict,
-    "observation": dict,
-    "actions": list,
-    "scenario": dict,
-    "training_config": dict,
-    "metrics": dict,
-}
 _ALGO = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArraySpec(_Part):
+    """An entry of the manifest's ``arrays``: what ``arrays.npz`` must hold under a name."""
+
+    dtype: str
+    shape: list[int]
+
+
+class TransformSpec(_Part):
+    """The :class:`FeatureTransform` vectors, one entry per feature."""
+
+    low: list[float]
+    high: list[float]
+    log: list[bool]
+    scale: list[float]
+
+
+class ObservationSpec(_Part):
+    """The observation schema: feature names in order and their scaling."""
+
+    feature_names: list[str]
+    transform: TransformSpec
+
+
+class CatalogAction(_Part):
+    """One action of the catalog; index 0 is no contact (offer and channel None)."""
+
+    index: int
+    name: str
+    offer: str | None
+    channel: str | None
+
+
+class BundleManifest(_Part):
+    """``manifest.json``, validated on load (every key present with its type)."""
+
+    format_version: int
+    kind: str
+    algo: str
+    model_id: str
+    version: str
+    sha256: str
+    created_at: str
+    cvm_rl_version: str
+    policy_name: str
+    policy_config: dict[str, Any]
+    arrays: dict[str, ArraySpec]
+    observation: ObservationSpec
+    actions: list[CatalogAction]
+    scenario: dict[str, Any]
+    training_config: dict[str, Any]
+    metrics: dict[str, Any]
 
 
 class BundleError(ValueError):
@@ -350,36 +393,38 @@ def _replace_dir(new: Path, root: Path) -> None:
 # --------------------------------------------------------------------------- load
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded bundle: the rebuilt policy, its manifest, its scenario and where it lives."""
+    """A loaded bundle: the rebuilt policy, its manifest (as stored, and validated as
+    ``spec``), its scenario and where it lives."""
 
     policy: Policy
     manifest: dict[str, Any]
+    spec: BundleManifest
     scenario: Scenario
     path: Path
 
     @property
     def model_id(self) -> str:
-        return str(self.manifest["model_id"])
+        return self.spec.model_id
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.spec.version
 
     @property
     def kind(self) -> str:
-        return str(self.manifest["kind"])
+        return self.spec.kind
 
     @property
     def algo(self) -> str:
-        return str(self.manifest["algo"])
+        return self.spec.algo
 
     @property
     def feature_names(self) -> list[str]:
-        return list(self.manifest["observation"]["feature_names"])
+        return list(self.spec.observation.feature_names)
 
     @property
     def action_names(self) -> list[str]:
-        return [action["name"] for action in self.manifest["actions"]]
+        return [action.name for action in self.spec.actions]
 
 
 def load_bundle(path: str | Path, *, seed: int | None = None) -> Bundle:
@@ -390,14 +435,14 @@ def load_bundle(path: str | Path, *, seed: int | None = None) -> Bundle:
     if not root.is_dir():
         raise BundleError(f"{root}: not a bundle directory (expected a directory)")
     manifest_path = root / MANIFEST_FILE
-    manifest = _read_manifest(manifest_path)
-    kind = POLICY_KINDS.get(manifest["kind"])
+    manifest, spec = _read_manifest(manifest_path)
+    kind = POLICY_KINDS.get(spec.kind)
     if kind is None:
         raise BundleError(
             f"{manifest_path}: unknown kind {manifest['kind']!r}; known: {sorted(POLICY_KINDS)}"
         )
     arrays_path = root / ARRAYS_FILE
-    arrays = _read_arrays(arrays_path, manifest["arrays"])
+    arrays = _read_arrays(arrays_path, spec.arrays)
 
     digest = content_hash(manifest, arrays)
     if digest != manifest["sha256"]:
@@ -417,7 +462,7 @@ def load_bundle(path: str | Path, *, seed: int | None = None) -> Bundle:
         scenario = scenario_from_mapping(manifest["scenario"], source=f"{manifest_path}: scenario")
     except ScenarioError as exc:
         raise BundleError(str(exc)) from None
-    _check_schema(manifest_path, manifest, scenario)
+    _check_schema(manifest_path, spec, scenario)
 
     state = {**manifest["policy_config"], **arrays}
     try:
@@ -429,10 +474,11 @@ def load_bundle(path: str | Path, *, seed: int | None = None) -> Bundle:
             f"{manifest_path}: policy_name {manifest['policy_name']!r} but the rebuilt policy "
             f"is {policy.name!r}"
         )
-    return Bundle(policy=policy, manifest=manifest, scenario=scenario, path=root)
+    return Bundle(policy=policy, manifest=manifest, spec=spec, scenario=scenario, path=root)
 
 
-def _read_manifest(manifest_path: Path) -> dict[str, Any]:
+def _read_manifest(manifest_path: Path) -> tuple[dict[str, Any], BundleManifest]:
+    """The manifest as stored (what the content hash covers) and validated."""
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: missing (not a bundle directory?)")
     try:
@@ -447,17 +493,18 @@ def _read_manifest(manifest_path: Path) -> dict[str, Any]:
             f"{manifest_path}: unknown format_version {version!r}; this cvm_rl "
             f"({__version__}) reads format_version {FORMAT_VERSION}"
         )
-    for key, types in _REQUIRED.items():
-        if key not in manifest:
-            raise BundleError(f"{manifest_path}: missing key {key!r}")
-        if not isinstance(manifest[key], types):
-            raise BundleError(
-                f"{manifest_path}: key {key!r} has type {type(manifest[key]).__name__}"
-            )
-    return manifest
+    try:
+        spec = BundleManifest.model_validate(manifest)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "missing":
+            raise BundleError(f"{manifest_path}: missing key {key!r}") from None
+        raise BundleError(f"{manifest_path}: key {key!r}: {error['msg']}") from None
+    return manifest, spec
 
 
-def _read_arrays(arrays_path: Path, listing: dict[str, Any]) -> dict[str, np.ndarray]:
+def _read_arrays(arrays_path: Path, listing: dict[str, ArraySpec]) -> dict[str, np.ndarray]:
     if not arrays_path.is_file():
         raise BundleError(f"{arrays_path}: missing")
     try:
@@ -470,9 +517,7 @@ def _read_arrays(arrays_path: Path, listing: dict[str, Any]) -> dict[str, np.nda
             f"{arrays_path}: holds arrays {sorted(arrays)} but the manifest lists {sorted(listing)}"
         )
     for name, arr in arrays.items():
-        spec = listing[name]
-        shape = spec.get("shape") if isinstance(spec, dict) else None
-        dtype = spec.get("dtype") if isinstance(spec, dict) else None
+        shape, dtype = listing[name].shape, listing[name].dtype
         if list(arr.shape) != shape or arr.dtype.name != dtype:
             raise BundleError(
                 f"{arrays_path}: array {name!r} has shape {list(arr.shape)} and dtype "
@@ -481,14 +526,12 @@ def _read_arrays(arrays_path: Path, listing: dict[str, Any]) -> dict[str, np.nda
     return arrays
 
 
-def _check_schema(manifest_path: Path, manifest: dict[str, Any], scenario: Scenario) -> None:
+def _check_schema(manifest_path: Path, spec: BundleManifest, scenario: Scenario) -> None:
     """The stored observation schema and action catalog equal the ones the scenario implies
     (a mismatch would feed the policy features in the wrong order or scale)."""
-    stored, expected = manifest["observation"], observation_schema(scenario)
+    expected = observation_schema(scenario)
     problem = f"{manifest_path}: observation schema does not match the bundled scenario"
-    names, want = stored.get("feature_names"), expected["feature_names"]
-    if not isinstance(names, list):
-        raise BundleError(f"{problem} (observation.feature_names is not a list)")
+    names, want = spec.observation.feature_names, expected["feature_names"]
     if names != want:
         diff = [i for i, (a, b) in enumerate(zip(names, want, strict=False)) if a != b]
         detail = (
@@ -497,15 +540,12 @@ def _check_schema(manifest_path: Path, manifest: dict[str, Any], scenario: Scena
             else f"{len(names)} stored features, the scenario gives {len(want)}"
         )
         raise BundleError(f"{problem} ({detail})")
-    transform = stored.get("transform")
-    if not isinstance(transform, dict):
-        raise BundleError(f"{problem} (observation.transform is not an object)")
+    transform = spec.observation.transform.model_dump()
     for field, values in expected["transform"].items():
-        if transform.get(field) != values:
+        if transform[field] != values:
             raise BundleError(f"{problem} (transform.{field} differs)")
-    if manifest["actions"] != action_catalog(scenario):
+    if [a.model_dump() for a in spec.actions] != action_catalog(scenario):
         raise BundleError(
             f"{manifest_path}: action catalog does not match the bundled scenario "
-            f"(stored {[a.get('name') for a in manifest['actions'] if isinstance(a, dict)]}, "
-            f"scenario gives {scenario.action_names()})"
+            f"(stored {[a.name for a in spec.actions]}, scenario gives {scenario.action_names()})"
         )

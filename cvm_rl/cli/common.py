@@ -7,7 +7,9 @@ Imports nothing heavy: every command module imports this one to declare its opti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 HELD_OUT_SEED_START = 1000
@@ -99,3 +101,16 @@ def bundle_dir(path: str | Path) -> Path:
 
     root = Path(path)
     return root / "bundle" if (root / "bundle" / MANIFEST_FILE).is_file() else root
+
+
+@contextlib.contextmanager
+def needs_extra(extra: str, option: str) -> Iterator[None]:
+    """Turn a missing optional dependency into ``error: <option>: needs the '<extra>'
+    extra`` (a serving-only install, say, has no torch for ``cvm train``)."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        raise CliError(
+            f"{option}: needs the '{extra}' extra, which is not installed (no module "
+            f"{exc.name!r}): pip install 'cvm-rl[{extra}]'"
+        ) from None

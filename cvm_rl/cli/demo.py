@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvm_rl.cli.common import add_seed_arguments, positive_int, seeds_from_args
+from cvm_rl.cli.common import add_seed_arguments, needs_extra, positive_int, seeds_from_args
 
 NAME = "demo"
 HELP = "the main job: train, evaluate, save bundles and plots, serve the PPO bundle"
@@ -37,7 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cvm_rl.cli.evaluate import evaluate_and_report
-    from cvm_rl.training import TrainConfig, train
+    from cvm_rl.train_config import TrainConfig
+
+    # Every leg's libraries up front: a missing one fails now, not after minutes of training.
+    with needs_extra("all", "demo"):
+        import matplotlib  # noqa: F401
+        import pyarrow  # noqa: F401
+
+        import server.app  # noqa: F401
+        from cvm_rl.training import train
 
     out = Path(args.out)
     runs = {

@@ -22,6 +22,7 @@ from cvm_rl.cli.common import (
     add_scenario_argument,
     add_seed_arguments,
     bundle_dir,
+    needs_extra,
     positive_int,
     seeds_from_args,
 )
@@ -143,11 +144,8 @@ def evaluation_policies(
 
 def write_evaluation_plots(results: Sequence[PolicyResult], out: str | Path) -> list[Path]:
     """The evaluation plots: values with CIs, value by segment and stage, action mix."""
-    from cvm_rl.plots import (
-        plot_action_mix,
-        plot_policy_values,
-        plot_value_by_group,
-    )
+    with needs_extra("plots", "--plots"):
+        from cvm_rl.plots import plot_action_mix, plot_policy_values, plot_value_by_group
 
     out = Path(out)
     return [

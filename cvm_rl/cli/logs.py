@@ -16,6 +16,7 @@ from cvm_rl.cli.common import (
     HelpFormatter,
     bundle_dir,
     finite_float,
+    needs_extra,
     non_negative_float,
     positive_int,
 )
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from cvm_rl.logs.export import export_parquet
+    with needs_extra("export", "logs export"):
+        from cvm_rl.logs.export import export_parquet
     from cvm_rl.logs.store import DecisionLogError
 
     try:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cvm_rl.cli.common import CliError, add_scenario_argument, positive_int
+from cvm_rl.cli.common import CliError, add_scenario_argument, needs_extra, positive_int
 from cvm_rl.registry import ALGOS
 from cvm_rl.train_config import TrainConfig
 
@@ -65,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from cvm_rl.config import error_message
-    from cvm_rl.plots import plot_learning_curves
-    from cvm_rl.training import train
+
+    with needs_extra("train", "train"):
+        from cvm_rl.training import train
+    with needs_extra("plots", "train"):
+        from cvm_rl.plots import plot_learning_curves
 
     names = [name for name, _, _ in TRAIN_OPTIONS] + ["net_arch"]
     values = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
