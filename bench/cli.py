@@ -50,7 +50,7 @@ def measure(trees: dict[str, Path], commands: list[list[str]], runs: int) -> dic
     samples: dict[str, dict[str, list[float]]] = {
         name: {" ".join(c): [] for c in commands} for name in trees
     }
-    for name, tree in trees.items():  # warm the file cache once per tree
+    for tree in trees.values():  # warm the file cache once per tree
         _time_once(tree, commands[0])
     for _ in range(runs):
         for command in commands:

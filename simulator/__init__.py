@@ -13,8 +13,13 @@ Importing this package registers ``cvm/CustomerLifecycle-v0``::
 from gymnasium.envs.registration import register, registry
 
 from simulator.config import Scenario, ScenarioError, load_scenario
-from simulator.core import MaskedActionError, Population, observation_feature_names
+from simulator.core import MaskedActionError, Population
 from simulator.env import CustomerLifecycleEnv
+from simulator.observation import (
+    ObservationFeature,
+    observation_feature_names,
+    observation_features,
+)
 from simulator.vector_env import CustomerLifecycleVectorEnv
 
 ENV_ID = "cvm/CustomerLifecycle-v0"
@@ -32,9 +37,11 @@ __all__ = [
     "CustomerLifecycleEnv",
     "CustomerLifecycleVectorEnv",
     "MaskedActionError",
+    "ObservationFeature",
     "Population",
     "Scenario",
     "ScenarioError",
     "load_scenario",
     "observation_feature_names",
+    "observation_features",
 ]

@@ -26,13 +26,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simulator.config import STAGES, Scenario
+from simulator.observation import (
+    CONTACT_RECENCY_CAP,
+    FREQUENCY_CAP,
+    MONETARY_CAP,
+    RECENCY_CAP,
+    ObservationLayout,
+    one_hot,
+)
+from simulator.observation import (
+    observation_feature_names as observation_feature_names,  # re-exported: callers import it here
+)
 
 STAGE_INDEX = {name: i for i, name in enumerate(STAGES)}
-RECENCY_CAP = 520
-CONTACT_RECENCY_CAP = 52
-# Observation caps keep the Box finite; no simulated customer comes near them.
-FREQUENCY_CAP = 100_000
-MONETARY_CAP = 1e7
 PROSPECT_MAX_TENURE = 26
 
 
@@ -71,6 +77,7 @@ class Tables:
     segment_contact_churn: np.ndarray  # (S,)
     segment_affinity: np.ndarray  # (S, C)
     season: np.ndarray  # (52,) multiplier by week of year (0-based)
+    observation: ObservationLayout  # the columns ``Population.observe`` fills
 
     @classmethod
     def from_scenario(cls, sc: Scenario) -> Tables:
@@ -127,6 +134,7 @@ class Tables:
                 [[s.channel_affinity.get(c, 1.0) for c in sc.channels] for s in segments]
             ),
             season=season,
+            observation=ObservationLayout.from_scenario(sc),
         )
 
 
@@ -135,17 +143,6 @@ def _week_range(start: int, end: int) -> np.ndarray:
     if start <= end:
         return np.arange(start - 1, end)
     return np.concatenate([np.arange(start - 1, 52), np.arange(0, end)])
-
-
-def observation_feature_names(sc: Scenario) -> list[str]:
-    """Names of the observation vector's entries, in order (the observation schema)."""
-    names = ["recency_weeks", "frequency", "monetary_avg", "tenure_weeks"]
-    for ch in sc.channels:
-        names += [f"weeks_since_contact_{ch}", f"contacts_in_window_{ch}", f"opt_in_{ch}"]
-    names += [f"stage_{s}" for s in STAGES]
-    names += [f"segment_{s}" for s in sc.segments]
-    names += ["week_of_year_sin", "week_of_year_cos", "horizon_progress"]
-    return names
 
 
 @dataclass
@@ -330,30 +327,28 @@ class Population:
         return out
 
     def observe(self) -> np.ndarray:
-        """Observation matrix (N, D) float32 in the order of ``observation_feature_names``."""
-        tb = self.tables
-        n, c = self.n, tb.n_channels
-        n_stage = len(STAGES)
-        dim = 4 + 3 * c + n_stage + tb.n_segments + 3
-        obs = np.zeros((n, dim), dtype=np.float32)
-        obs[:, 0] = np.minimum(self.recency, RECENCY_CAP)
-        obs[:, 1] = np.minimum(self.n_repeat, FREQUENCY_CAP)
-        obs[:, 2] = np.minimum(self.total_spend / np.maximum(self.n_purchases, 1), MONETARY_CAP)
-        obs[:, 3] = np.minimum(self.tenure, RECENCY_CAP)
-        per_channel = obs[:, 4 : 4 + 3 * c].reshape(n, c, 3)
-        per_channel[:, :, 0] = self.weeks_since_contact
-        per_channel[:, :, 1] = self.window_counts
-        per_channel[:, :, 2] = self.opt_in
-        col = 4 + 3 * c
-        obs[np.arange(n), col + self.stage()] = 1.0
-        col += n_stage
-        obs[np.arange(n), col + self.segment] = 1.0
-        col += tb.n_segments
+        """Observation matrix (N, D) float32 of ``observation_features``, filled by group."""
         angle = 2.0 * np.pi * self.week_of_year / 52.0
-        obs[:, col] = np.sin(angle)
-        obs[:, col + 1] = np.cos(angle)
-        obs[:, col + 2] = self.week / self.scenario.horizon_weeks
-        return obs
+        return self.tables.observation.assemble(
+            self.n,
+            {
+                "recency_weeks": np.minimum(self.recency, RECENCY_CAP),
+                "frequency": np.minimum(self.n_repeat, FREQUENCY_CAP),
+                "monetary_avg": np.minimum(
+                    self.total_spend / np.maximum(self.n_purchases, 1), MONETARY_CAP
+                ),
+                "tenure_weeks": np.minimum(self.tenure, RECENCY_CAP),
+                # (N, C) in channel order
+                "weeks_since_contact": self.weeks_since_contact,
+                "contacts_in_window": self.window_counts,
+                "opt_in": self.opt_in,
+                "stage": one_hot(self.stage(), len(STAGES)),
+                "segment": one_hot(self.segment, self.tables.n_segments),
+                "week_of_year_sin": np.sin(angle),
+                "week_of_year_cos": np.cos(angle),
+                "horizon_progress": self.week / self.scenario.horizon_weeks,
+            },
+        )
 
     @property
     def week_of_year(self) -> int:

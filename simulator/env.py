@@ -28,11 +28,11 @@ class CustomerLifecycleEnv(gym.Env[np.ndarray, np.int64]):
     sends offer ``o`` through channel ``c`` (``scenario.action_names()`` lists them).
 
     ## Observation Space
-    ``Box`` float32 of ``observation_feature_names(scenario)``: recency, frequency (repeat
-    purchases), average spend, tenure; per channel weeks since contact, contacts in the cap
-    window and opt-in flag; lifecycle stage and segment one-hot; calendar week (sin, cos) and
-    progress through the horizon. Latent state is never observed: ``oracle_state()`` exposes it
-    for evaluation.
+    ``Box`` float32 of ``observation_features(scenario)`` (names, bounds, in order): recency,
+    frequency (repeat purchases), average spend, tenure; per channel weeks since contact,
+    contacts in the cap window and opt-in flag; lifecycle stage and segment one-hot; calendar
+    week (sin, cos) and progress through the horizon. Latent state is never observed:
+    ``oracle_state()`` exposes it for evaluation.
 
     ## Rewards
     Net margin of the week: ``margin_rate * revenue - discount cost - contact cost``.

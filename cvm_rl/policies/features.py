@@ -1,11 +1,11 @@
 """The fixed observation scaling every learned policy sees (bandits, RL, bundles).
 
-Derived from the scenario's observation space, not fitted statistics: each observation is
-clipped to the space's bounds; the heavy-tailed counts (recency, frequency, monetary value,
-tenure, weeks since contact) are ``log1p``-transformed; every column is then divided by its
-largest possible magnitude, so all features lie in [-1, 1]. Because nothing is fitted, a
-regression's sufficient statistics stay valid as data arrives and a saved model needs nothing
-but its arrays and these four vectors.
+Derived from the scenario's observation schema, not fitted statistics: each observation is
+clipped to the space's bounds; the features the schema flags heavy-tailed (recency, frequency,
+monetary value, tenure, weeks since contact) are ``log1p``-transformed; every column is then
+divided by its largest possible magnitude, so all features lie in [-1, 1]. Because nothing is
+fitted, a regression's sufficient statistics stay valid as data arrives and a saved model needs
+nothing but its arrays and these four vectors.
 """
 
 from __future__ import annotations
@@ -15,11 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.config import Scenario
-from simulator.core import observation_feature_names
+from simulator.observation import observation_features
 from simulator.spaces import observation_space
-
-HEAVY_TAILED: tuple[str, ...] = ("recency_weeks", "frequency", "monetary_avg", "tenure_weeks")
-"""Observation features that get ``log1p`` (besides every ``weeks_since_contact_*``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,12 +31,9 @@ class FeatureTransform:
     @classmethod
     def from_scenario(cls, scenario: Scenario) -> FeatureTransform:
         space = observation_space(scenario)
-        names = observation_feature_names(scenario)
         low = space.low.astype(np.float64)
         high = space.high.astype(np.float64)
-        log = np.array(
-            [n in HEAVY_TAILED or n.startswith("weeks_since_contact_") for n in names], dtype=bool
-        )
+        log = np.array([f.heavy_tailed for f in observation_features(scenario)], dtype=bool)
         if np.any(low[log] < 0):  # log1p needs x > -1; the space guarantees x >= 0 here
             raise ValueError("log-transformed features must have a lower bound >= 0")
         top = np.where(log, np.log1p(high), np.maximum(np.abs(low), np.abs(high)))
