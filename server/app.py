@@ -1,10 +1,10 @@
-"""Building and running the decision server: ``create_server``, auth, TLS, health, shutdown.
+"""Building and running one decision server: ``create_server``, TLS, health, shutdown.
 
 ``create_server(address, config)`` returns the (not yet started) server and its bound port, so
 tests bind ``127.0.0.1:0``. ``serve(config)`` runs one process until SIGTERM/SIGINT:
 health goes NOT_SERVING, in-flight calls get ``grace`` seconds to finish, the log is closed.
-``cvm serve --workers K`` starts K such processes on one port with SO_REUSEPORT; they share
-the decision log, and a hot reload sent to any of them reaches all through it.
+``running_server`` runs one on a thread for the length of a ``with`` block.
+:mod:`server.workers` runs K such processes on one port.
 """
 
 from __future__ import annotations
@@ -12,43 +12,30 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hmac
-import json
 import logging
-import os
 import signal
-import socket
-import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cvm_rl.bundle import BundleError, load_bundle
-from cvm_rl.logs.store import SYNCHRONOUS, DecisionLog
-from server.client import DecisionClient
+from cvm_rl.logs.store import DecisionLog
+from server.config import ServerConfig
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.generated.cvm.v1 import decision_pb2_grpc as pb_grpc
+from server.interceptors import HEALTH_SERVICE, BearerTokenInterceptor, MetricsInterceptor
 from server.metrics import ServerMetrics
-from server.model import Exploration, ServingModel
-from server.service import (
-    DEFAULT_MAX_BATCH_ROWS,
-    AdminService,
-    DecisionService,
-    ServingState,
-    record_activation,
-)
+from server.model import ServingModel
+from server.servicers import AdminService, DecisionService
+from server.state import ServingState
 
 log = logging.getLogger("cvm_rl.server")
 
 DECISION_SERVICE = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["DecisionAdmin"].full_name
-HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 FOLLOW_INTERVAL_S = 0.5
 # WAL checkpoints run on a background thread this often, never inside a request's commit.
 CHECKPOINT_INTERVAL_S = 0.5
@@ -56,91 +43,6 @@ CHECKPOINT_INTERVAL_S = 0.5
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-@dataclass
-class ServerConfig:
-    """Everything a serving process needs; the CLI and the tests build one of these."""
-
-    bundle: str | Path
-    log_path: str | Path | None = "cvm-decisions.db"
-    exploration: Exploration = field(default_factory=Exploration)
-    auth_token: str | None = None
-    tls_cert: str | Path | None = None
-    tls_key: str | Path | None = None
-    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
-    # The full distribution per decision (200 bytes at 25 actions); the propensity of the
-    # served action is always logged, and the distribution can be recomputed from the logged
-    # features with the bundle, so high-volume deployments may turn this off.
-    log_probabilities: bool = True
-    synchronous: str = "normal"
-    admin: bool = True
-    metrics_port: int | None = None
-    grace_s: float = 5.0
-    reuse_port: bool = False
-    # Workers after the first adopt the activation the parent recorded instead of adding one.
-    adopt_latest: bool = False
-
-    def check(self) -> None:
-        if self.synchronous not in SYNCHRONOUS:
-            raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, got {self.synchronous!r}")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key must be given together")
-        if self.auth_token is not None and not self.auth_token:
-            raise ValueError("auth_token must not be empty (omit it to turn auth off)")
-        if self.grace_s < 0:
-            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
-
-
-# --------------------------------------------------------------------------- auth
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED).
-
-    Health checks stay open so that orchestrators can probe without the secret."""
-
-    def __init__(self, token: str, open_services: tuple[str, ...] = (HEALTH_SERVICE,)) -> None:
-        self._expected = f"Bearer {token}".encode()
-        self._open = tuple(f"/{s}/" for s in open_services)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None or method.startswith(self._open):
-            return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get("authorization", "")
-        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-        if hmac.compare_digest(given_bytes, self._expected):
-            return handler
-        return _refusal(handler, "missing or invalid bearer token (metadata 'authorization')")
-
-
-def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that aborts with UNAUTHENTICATED."""
-
-    async def abort_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    async def abort_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - makes this an async generator
-
-    kw = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(abort_unary, **kw)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(abort_stream, **kw)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(abort_unary, **kw)
-    return grpc.stream_stream_rpc_method_handler(abort_stream, **kw)
-
-
-# --------------------------------------------------------------------------- server
 class DecisionServer:
     """A configured ``grpc.aio.Server`` with its serving state, health and metrics."""
 
@@ -199,14 +101,13 @@ def load_serving_model(config: ServerConfig) -> ServingModel:
 def create_server(address: str, config: ServerConfig) -> tuple[DecisionServer, int]:
     """Build the server on ``address`` (``host:0`` picks a free port); returns it unstarted
     with the bound port. Must be called inside a running event loop."""
-    config.check()
     model = load_serving_model(config)
     decision_log = (
         None
         if config.log_path is None
         else DecisionLog(
             config.log_path,
-            synchronous=config.synchronous,  # type: ignore[arg-type]
+            synchronous=config.synchronous.value,
             checkpoint_interval_s=CHECKPOINT_INTERVAL_S,
         )
     )
@@ -222,7 +123,10 @@ def create_server(address: str, config: ServerConfig) -> tuple[DecisionServer, i
         log_probabilities=config.log_probabilities,
         adopt=adopt,
     )
-    interceptors = [] if config.auth_token is None else [BearerTokenInterceptor(config.auth_token)]
+    # Metrics first, so that calls refused for want of a token are counted too.
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(state.metrics)]
+    if config.auth_token is not None:
+        interceptors.append(BearerTokenInterceptor(config.auth_token))
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -239,7 +143,7 @@ def create_server(address: str, config: ServerConfig) -> tuple[DecisionServer, i
     reflection.enable_server_reflection(services, server)
     if config.tls_cert is not None and config.tls_key is not None:
         credentials = grpc.ssl_server_credentials(
-            [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+            [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
         )
         port = server.add_secure_port(address, credentials)
     else:
@@ -251,35 +155,6 @@ def create_server(address: str, config: ServerConfig) -> tuple[DecisionServer, i
     return DecisionServer(server, state, health_servicer), port
 
 
-# --------------------------------------------------------------------------- logging
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, event, pid and the record's extra fields."""
-
-    _standard: ClassVar[set[str]] = set(vars(logging.makeLogRecord({})))
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "event": record.getMessage(),
-            "pid": record.process,
-        }
-        entry.update({k: v for k, v in vars(record).items() if k not in self._standard})
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("cvm_rl.server")
-    logger.handlers[:] = [handler]
-    logger.setLevel(level)
-    logger.propagate = False
-
-
-# --------------------------------------------------------------------------- running
 async def serve(
     address: str, config: ServerConfig, *, ready: Callable[[int], None] | None = None
 ) -> None:
@@ -293,7 +168,7 @@ async def serve(
             "address": address,
             "port": port,
             "model_id": model.model_id,
-            "exploration": asdict(model.exploration),
+            "exploration": model.exploration.model_dump(mode="json"),
             "log": None if config.log_path is None else str(config.log_path),
             "auth": config.auth_token is not None,
             "tls": config.tls_cert is not None,
@@ -309,84 +184,6 @@ async def serve(
     log.info("server_stopping", extra={"grace_s": config.grace_s})
     await server.stop(config.grace_s)
     log.info("server_stopped")
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound (not listening) SO_REUSEPORT socket: fixes the port that K workers share."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
-
-
-def write_ready_file(path: str | Path, port: int, pids: list[int]) -> None:
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps({"port": port, "pids": pids}))
-    tmp.replace(path)
-
-
-def _worker_main(address: str, config: ServerConfig) -> None:
-    configure_logging()
-    asyncio.run(serve(address, config))
-
-
-def run_workers(
-    host: str, port: int, config: ServerConfig, workers: int, ready_file: str | Path | None = None
-) -> int:
-    """Run ``workers`` serving processes on one port; returns when all have exited.
-
-    The parent validates the bundle and records the activation once, reserves the port, then
-    forwards SIGTERM/SIGINT to the workers and waits for them."""
-    import multiprocessing
-
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    model = load_serving_model(config)  # refuse a bad bundle before forking anything
-    if config.log_path is not None:
-        with DecisionLog(config.log_path, synchronous=config.synchronous) as decision_log:  # type: ignore[arg-type]
-            record_activation(decision_log, model, "start")
-    reserved = reserve_port(host, port)
-    bound = reserved.getsockname()[1]
-    address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
-    ctx = multiprocessing.get_context("spawn")
-    procs = []
-    for i in range(workers):
-        worker_config = ServerConfig(
-            **{
-                **asdict(config),
-                "exploration": config.exploration,
-                "reuse_port": True,
-                "adopt_latest": True,
-                "metrics_port": None if config.metrics_port is None else config.metrics_port + i,
-            }
-        )
-        proc = ctx.Process(target=_worker_main, args=(address, worker_config), daemon=False)
-        proc.start()
-        procs.append(proc)
-    reserved.close()
-    if ready_file is not None:
-        _wait_until_serving(address, config)
-        write_ready_file(ready_file, bound, [p.pid for p in procs if p.pid is not None])
-
-    def forward(signum: int, frame: object) -> None:
-        for p in procs:
-            if p.pid is not None and p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for p in procs:
-        p.join()
-    return max((p.exitcode or 0) for p in procs)
-
-
-def _wait_until_serving(address: str, config: ServerConfig, timeout_s: float = 60.0) -> None:
-    """Block until the health service on ``address`` answers SERVING."""
-    with DecisionClient(address, root_certificates=config.tls_cert, timeout_s=timeout_s) as client:
-        grpc.channel_ready_future(client.channel).result(timeout=timeout_s)
-        status = client.health()
-    if status != "SERVING":
-        raise RuntimeError(f"the workers on {address} answered health {status}, not SERVING")
 
 
 @contextlib.contextmanager

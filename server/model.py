@@ -7,63 +7,19 @@ draws and propensities out. The service layer turns requests into these arrays a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from cvm_rl.bundle import Bundle
-from cvm_rl.logs.store import EXPLORATION_MODES, LEARNING_MODES, ModelRecord
-from cvm_rl.policies.base import argmax_probabilities, check_number, explored
+from cvm_rl.logs.schema import ExplorationMode
+from cvm_rl.logs.store import ModelRecord
+from cvm_rl.policies.base import argmax_probabilities, explored
 from cvm_rl.policies.mlp import MLPPolicy
+from server.config import Exploration
 
-ExplorationMode = Literal["policy", "epsilon", "softmax"]
-LearningMode = Literal["online", "apprentice"]
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-@dataclass(frozen=True)
-class Exploration:
-    """How the served distribution is made from the bundle, and whose actions are executed.
-
-    - ``policy``: the bundle's own distribution (``param`` unused, 0).
-    - ``epsilon``: the bundle's greedy action with probability 1 - ``param``, else uniform
-      over the eligible actions.
-    - ``softmax``: softmax of the bundle's scores (logits or Q-values) at temperature
-      ``param``; needs a bundle with scores (kind ``mlp``).
-
-    ``learning_mode`` ``online`` executes the policy's draw; ``apprentice`` executes the
-    caller's baseline action (propensity 1) and logs the policy's draw beside it.
-    """
-
-    mode: ExplorationMode = "policy"
-    param: float = 0.0
-    learning_mode: LearningMode = "online"
-
-    def __post_init__(self) -> None:
-        if self.mode not in EXPLORATION_MODES:
-            raise ValueError(
-                f"exploration mode must be one of {EXPLORATION_MODES}, got {self.mode!r}"
-            )
-        if self.learning_mode not in LEARNING_MODES:
-            raise ValueError(
-                f"learning_mode must be one of {LEARNING_MODES}, got {self.learning_mode!r}"
-            )
-        if self.mode == "epsilon":
-            check_number("epsilon", self.param, low=0.0, high=1.0, strict=False)
-        elif self.mode == "softmax":
-            check_number("temperature", self.param, low=0.0, strict=True)
-        elif self.param != 0.0:
-            raise ValueError(f"exploration mode 'policy' takes no parameter, got {self.param!r}")
-
-    def check_bundle(self, bundle: Bundle) -> None:
-        """A ValueError when this exploration cannot be applied to ``bundle``."""
-        if self.mode == "softmax" and not isinstance(bundle.policy, MLPPolicy):
-            raise ValueError(
-                f"exploration mode 'softmax' needs a bundle with action scores (kind 'mlp'); "
-                f"{bundle.path} is kind {bundle.kind!r}: use 'policy' or 'epsilon'"
-            )
 
 
 @dataclass(frozen=True)
@@ -80,7 +36,11 @@ class ServingModel:
     """A loaded bundle with its exploration: the schema lookups and the decision arrays."""
 
     def __init__(self, bundle: Bundle, exploration: Exploration, activation: int = 0) -> None:
-        exploration.check_bundle(bundle)
+        if exploration.mode == ExplorationMode.SOFTMAX and not isinstance(bundle.policy, MLPPolicy):
+            raise ValueError(
+                f"exploration mode 'softmax' needs a bundle with action scores (kind 'mlp'); "
+                f"{bundle.path} is kind {bundle.kind!r}: use 'policy' or 'epsilon'"
+            )
         self.bundle = bundle
         self.exploration = exploration
         self.activation = activation
@@ -141,7 +101,7 @@ class ServingModel:
         mode, param = self.exploration.mode, self.exploration.param
         if isinstance(policy, MLPPolicy):
             scores = policy.scores(features)
-            if mode == "softmax":
+            if mode == ExplorationMode.SOFTMAX:
                 z = np.where(eligible, scores.astype(np.float64) / param, -np.inf)
                 z -= z.max(axis=1, keepdims=True)
                 p = np.exp(z)
@@ -160,7 +120,7 @@ class ServingModel:
         else:
             own = policy.action_probabilities(features, eligible)
             greedy_from = own
-        if mode == "policy":
+        if mode == ExplorationMode.POLICY:
             return own
         greedy = argmax_probabilities(greedy_from, eligible)
         uniform = eligible / eligible.sum(axis=1, keepdims=True)

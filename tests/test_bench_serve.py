@@ -43,6 +43,7 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "serve.json"
     done = bench(
@@ -94,6 +95,7 @@ def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
     assert "floor Decide p50 ms" in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "match"),
     [

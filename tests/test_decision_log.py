@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cvm_rl.logs.schema import SCHEMA_VERSION
 from cvm_rl.logs.store import (
     Activation,
     DecisionBatch,
@@ -282,9 +283,15 @@ def test_outcome_round_trip_and_idempotent_resend(log: DecisionLog, decided: lis
     assert stored[decided[0]] == outcomes[0]
     assert stored[decided[1]].purchase is None and stored[decided[1]].spend is None
     assert stored[decided[1]].reported_at_us is not None
+    # The executed action, when it was not the served one, is stored with the outcome.
+    executed = OutcomeRecord(decided[3], 0.5, executed_action_index=N_ACTIONS - 1)
+    assert log.record_outcomes([executed]) == (1, 0)
+    assert log.get_outcomes([decided[3]])[decided[3]].executed_action_index == N_ACTIONS - 1
+    assert stored[decided[0]].executed_action_index is None
     # An identical resend (an unset reported_at matches any) is a duplicate, not an error.
     assert log.record_outcomes([*outcomes, OutcomeRecord(decided[2], 0.0)]) == (1, 2)
-    assert log.count("outcomes") == 3
+    assert log.record_outcomes([executed]) == (0, 1)
+    assert log.count("outcomes") == 4
 
 
 @pytest.mark.parametrize(
@@ -295,8 +302,9 @@ def test_outcome_round_trip_and_idempotent_resend(log: DecisionLog, decided: lis
         OutcomeRecord("o-0", 2.5, True, None, False, 1_000),
         OutcomeRecord("o-0", 2.5, True, 10.0, True, 1_000),
         OutcomeRecord("o-0", 2.5, True, 10.0, False, 2_000),
+        OutcomeRecord("o-0", 2.5, True, 10.0, False, 1_000, executed_action_index=0),
     ],
-    ids=["reward", "purchase", "spend", "opt_out", "reported_at"],
+    ids=["reward", "purchase", "spend", "opt_out", "reported_at", "executed"],
 )
 def test_different_outcome_conflicts_and_writes_nothing(
     log: DecisionLog, decided: list[str], different: OutcomeRecord
@@ -361,6 +369,23 @@ def test_bad_batches_are_refused_and_write_nothing(
         ([OutcomeRecord("o-0", 1.0, spend=-1.0)], "outcome.spend must be finite and >= 0"),
         ([OutcomeRecord("o-0", 1.0, spend=float("inf"))], "outcome.spend must be finite"),
         ([OutcomeRecord("o-0", 1.0), OutcomeRecord("o-0", 1.0)], "event_ids must be distinct"),
+        (
+            [OutcomeRecord("o-0", 1.0, executed_action_index=-1)],
+            "outcome.executed_action_index must be an int >= 0 or None, got -1",
+        ),
+        (
+            [OutcomeRecord("o-0", 1.0, executed_action_index=True)],
+            "outcome.executed_action_index must be an int >= 0 or None, got True",
+        ),
+        (
+            [OutcomeRecord("o-0", 1.0, executed_action_index=1.0)],  # type: ignore[arg-type]
+            "outcome.executed_action_index must be an int >= 0 or None, got 1.0",
+        ),
+        (
+            [OutcomeRecord("o-0", 1.0, executed_action_index=N_ACTIONS)],
+            rf"outcome.executed_action_index must be in \[0, {N_ACTIONS}\) \(the catalog of "
+            r"event_id 'o-0'\), got 4",
+        ),
     ],
 )
 def test_bad_outcomes_are_refused_and_write_nothing(
@@ -417,7 +442,9 @@ def test_other_schema_version_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     db.close()
-    with pytest.raises(DecisionLogError, match="schema_version 99, but this cvm-rl reads 1"):
+    with pytest.raises(
+        DecisionLogError, match=rf"schema_version 99, but this cvm-rl reads {SCHEMA_VERSION}"
+    ):
         DecisionLog(path)
 
 

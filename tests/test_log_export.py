@@ -5,20 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from log_fixtures import MODEL_A, MODEL_B, decide
 
 from cvm_rl.bundle import load_bundle, save_bundle
 from cvm_rl.cli import main
 from cvm_rl.evaluation import run_episode
 from cvm_rl.logs.export import (
     EXPORT_SCHEMA,
+    LEGACY_MODELS_FILE,
+    MODELS_FILE,
     MODELS_METADATA_KEY,
     export_parquet,
     read_export,
@@ -31,7 +34,6 @@ from cvm_rl.logs.simulated import (
     simulation_model_record,
 )
 from cvm_rl.logs.store import (
-    DecisionBatch,
     DecisionLog,
     DecisionLogError,
     ModelRecord,
@@ -261,7 +263,9 @@ def test_export_partitions_by_date_and_describes_the_models(
     assert (summary.rows, summary.with_outcome, summary.defaulted) == (
         2 * CUSTOMERS * WEEKS,
     ) * 2 + (0,)
-    assert sorted(p.name for p in out.iterdir()) == [f"date={d}" for d in dates] + ["models.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"date={d}" for d in dates] + [MODELS_FILE]
+    )
     for d in dates:
         assert [p.name for p in (out / f"date={d}").iterdir()] == ["part-0.parquet"]
     table = read_export(out)
@@ -277,10 +281,46 @@ def test_export_partitions_by_date_and_describes_the_models(
             }
             for m in log.models().values()
         }
-    assert json.loads((out / "models.json").read_text()) == expected == read_models(out)
+    assert json.loads((out / MODELS_FILE).read_text()) == expected == read_models(out)
     assert json.loads(table.schema.metadata[MODELS_METADATA_KEY]) == expected
     in_file = pq.read_schema(out / f"date={dates[0]}" / "part-0.parquet").metadata
     assert json.loads(in_file[MODELS_METADATA_KEY]) == expected
+
+
+def test_export_directory_opens_with_standard_parquet_readers(
+    simulated: Simulated, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    summary = export_parquet(simulated.path, out, now_us=DEFAULT_START_US + 60 * DAY_US)
+    assert (out / MODELS_FILE).is_file() and MODELS_FILE.startswith("_")
+    dataset = ds.dataset(out, partitioning="hive")
+    assert sorted(Path(f).parent.name for f in dataset.files) == [
+        f"date={d}" for d in summary.partitions
+    ]
+    assert dataset.count_rows() == summary.rows
+    table = pq.read_table(out)
+    assert table.num_rows == summary.rows
+    assert sorted(table.column("event_id").to_pylist()) == sorted(
+        read_export(out).column("event_id").to_pylist()
+    )
+    assert json.loads(table.schema.metadata[MODELS_METADATA_KEY]) == read_models(out)
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_parquet(out)
+    assert len(frame) == summary.rows and frame["event_id"].is_unique
+
+
+def test_an_earlier_exports_models_json_is_read_and_replaced(
+    simulated: Simulated, status_log: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    export_parquet(status_log, out, now_us=NOW, outcome_window_s=0)
+    (out / MODELS_FILE).rename(out / LEGACY_MODELS_FILE)  # as an earlier version wrote it
+    assert list(read_models(out)) == ["a-1", "b-2"]
+    assert read_export(out).num_rows == 4
+    export_parquet(simulated.path, out, now_us=NOW)
+    assert not (out / LEGACY_MODELS_FILE).exists()
+    assert set(read_models(out)) == {"a-1", "b-2", *load_ids(simulated.path)}
+    assert ds.dataset(out, partitioning="hive").count_rows() == 4 + 2 * CUSTOMERS * WEEKS
 
 
 def test_small_chunks_give_the_same_export(simulated: Simulated, tmp_path: Path) -> None:
@@ -301,41 +341,8 @@ def test_export_does_not_modify_the_log(simulated: Simulated, tmp_path: Path) ->
 
 
 # --------------------------------------------------------------------------- outcome status
-MODEL_A = ModelRecord("a-1", "1", "random", "", ["f0", "f1", "f2"], ["no_contact", "x", "y"])
-MODEL_B = ModelRecord("b-2", "2", "random", "", [f"g{i}" for i in range(5)], ["no_contact", "z"])
 NOW = DEFAULT_START_US + 30 * DAY_US
 WINDOW_S = 7 * 86_400
-
-
-def decide(
-    log: DecisionLog, model: ModelRecord, event_ids: Sequence[str], decided_at: Sequence[int]
-) -> None:
-    """Hand-made decisions (action 1 with propensity 0.5) of ``model``."""
-    seq = log.activate(
-        model,
-        learning_mode="apprentice",
-        exploration="epsilon",
-        exploration_param=0.25,
-        reason="start",
-    ).seq
-    n, f, a = len(event_ids), len(model.feature_names), len(model.action_names)
-    log.insert_decisions(
-        DecisionBatch(
-            event_ids=list(event_ids),
-            customer_ids=[f"c-{e}" for e in event_ids],
-            decided_at_us=np.array(decided_at, dtype=np.int64),
-            activation=seq,
-            action_index=np.ones(n, dtype=np.int64),
-            propensity=np.full(n, 0.5),
-            policy_action_index=np.zeros(n, dtype=np.int64),
-            policy_propensity=np.full(n, 0.5),
-            baseline_action_index=np.ones(n, dtype=np.int64),
-            explored=np.zeros(n, dtype=bool),
-            features=np.arange(n * f, dtype=np.float32).reshape(n, f),
-            eligible=np.ones((n, a), dtype=bool),
-            probabilities=None,
-        )
-    )
 
 
 @pytest.fixture

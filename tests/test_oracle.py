@@ -63,6 +63,7 @@ def test_oracle_never_contacts_a_live_dog_that_any_contact_kills() -> None:
     assert (actions[~live_dogs] > 0).mean() > 0.05
 
 
+@pytest.mark.slow
 def test_oracle_beats_no_contact_and_rules() -> None:
     results = evaluate_policies(
         [NoContactPolicy(SCENARIO), RuleBasedPolicy(SCENARIO), OraclePolicy(SCENARIO)],

@@ -27,8 +27,10 @@ import numpy as np
 import pytest
 import trustme
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 from server_fixtures import (
     Bundles,
     corrupt_arrays,
@@ -39,15 +41,17 @@ from server_fixtures import (
 )
 
 from cvm_rl.bundle import load_bundle, save_bundle
+from cvm_rl.config import error_message
 from cvm_rl.logs.store import DecisionLog, ModelRecord
 from cvm_rl.policies.bandits import LinTSPolicy
 from cvm_rl.policies.mlp import MLPPolicy
-from server.app import DecisionServer, ServerConfig, running_server
+from server.app import DecisionServer, running_server
 from server.client import Decision, DecisionClient, Eligibility, Outcome, PolicyInfo
+from server.config import Exploration, ServerConfig
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.metrics import ServerMetrics
-from server.model import Exploration, ServingModel, hash_uniforms
-from server.service import ServingState
+from server.model import ServingModel, hash_uniforms
+from server.state import ServingState
 from simulator.config import load_scenario
 
 TOKEN = "s3cret-token"
@@ -224,9 +228,12 @@ def test_policy_info_matches_the_bundle_manifest(served: Served, bundles: Bundle
 @pytest.mark.parametrize(
     ("exploration", "reported"),
     [
-        (Exploration("epsilon", 0.25), ("epsilon", 0.25, "online")),
-        (Exploration("softmax", 0.5), ("softmax", 0.5, "online")),
-        (Exploration("policy", 0.0, "apprentice"), ("policy", 0.0, "apprentice")),
+        (Exploration(mode="epsilon", param=0.25), ("epsilon", 0.25, "online")),
+        (Exploration(mode="softmax", param=0.5), ("softmax", 0.5, "online")),
+        (
+            Exploration(mode="policy", param=0.0, learning_mode="apprentice"),
+            ("policy", 0.0, "apprentice"),
+        ),
     ],
     ids=["epsilon", "softmax", "apprentice"],
 )
@@ -373,6 +380,40 @@ def test_a_decision_waits_out_another_writer_without_blocking_the_server(
     assert served.stored(["waits"])["waits"].action_index == decision.action_index
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["ReportOutcome", "ReportOutcomes"])
+def test_an_outcome_waits_out_another_writer_without_blocking_the_server(
+    served: Served, bundles: Bundles, many: bool
+) -> None:
+    """While another worker holds the log's write lock, a pending outcome report must not
+    stall the event loop (SQLite's busy handler would sleep in it for up to 10 s)."""
+    assert served.log_path is not None
+    x = sample_features(bundles.mlp, 1, seed=31)
+    served.client.decide("c", x[0], event_id="reported")
+
+    def report() -> object:
+        if many:
+            return served.client.report_outcomes([Outcome("reported", 2.0)])
+        return served.client.report_outcome("reported", 2.0)
+
+    other = sqlite3.connect(served.log_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another worker holding the write lock
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(report)
+            time.sleep(0.2)
+            assert not pending.done()  # not acknowledged before it is stored...
+            start = time.monotonic()
+            info = served.client.policy_info(timeout_s=2)  # ...while the server keeps answering
+            assert time.monotonic() - start < 1.0
+            assert info.model_id
+            other.execute("ROLLBACK")
+            result = pending.result(timeout=10)
+    finally:
+        other.close()
+    assert result == ((1, 0) if many else False)
+    assert served.counts() == (1, 1)
+
+
 def test_outcomes_are_recorded_with_their_counts(served: Served, bundles: Bundles) -> None:
     x = sample_features(bundles.mlp, 3, seed=5)
     ids = [d.event_id for d in served.client.decide_batch(["a", "b", "c"], x)]
@@ -427,7 +468,7 @@ def test_epsilon_mode_follows_the_epsilon_greedy_formula(
     start: StartServer, bundles: Bundles
 ) -> None:
     epsilon = 0.3
-    served = start(exploration=Exploration("epsilon", epsilon))
+    served = start(exploration=Exploration(mode="epsilon", param=epsilon))
     info = served.client.policy_info()
     policy = load_bundle(bundles.mlp).policy
     n = 48
@@ -447,7 +488,7 @@ def test_epsilon_mode_follows_the_epsilon_greedy_formula(
 
 def test_softmax_mode_follows_the_tempered_softmax(start: StartServer, bundles: Bundles) -> None:
     temperature = 0.5
-    served = start(exploration=Exploration("softmax", temperature))
+    served = start(exploration=Exploration(mode="softmax", param=temperature))
     info = served.client.policy_info()
     policy = load_bundle(bundles.mlp).policy
     assert isinstance(policy, MLPPolicy)
@@ -1155,6 +1196,42 @@ def test_online_mode_logs_the_baseline_beside_the_policy_draw(
     assert (row.policy_action_index, row.policy_propensity) == (d.action_index, d.propensity)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"tls_cert": "cert.pem"}, r"^tls_cert and tls_key must be given together$"),
+        ({"auth_token": ""}, r"^auth_token must not be empty"),
+        ({"grace_s": -1.0}, r"^grace_s must be >= 0, got -1.0$"),
+        ({"max_batch_rows": 0}, r"^max_batch_rows must be >= 1, got 0$"),
+        ({"synchronous": "sometimes"}, r"^synchronous: .*'normal' or 'full'"),
+        ({"exploration": {"mode": "greedy"}}, r"^exploration mode must be one of"),
+        ({"exploration": {"learning_mode": "x"}}, r"^learning_mode must be one of"),
+        ({"exploration": {"param": 0.1}}, r"^exploration mode 'policy' takes no parameter"),
+        ({"exploration": {"mode": "epsilon", "param": 2}}, r"^epsilon must be in \[0.0, 1.0\]"),
+        ({"exploration": {"mode": "softmax"}}, r"^temperature must be finite and > 0"),
+        ({"colour": "blue"}, r"^colour: unknown field$"),
+    ],
+)
+def test_server_config_refuses_a_bad_value_naming_the_field(
+    bundles: Bundles, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError) as excinfo:
+        ServerConfig(bundle=bundles.mlp, **changes)
+    assert re.search(message, error_message(excinfo.value)), error_message(excinfo.value)
+
+
+def test_a_config_copy_per_worker_keeps_the_settings(bundles: Bundles) -> None:
+    config = ServerConfig(
+        bundle=bundles.mlp, exploration=Exploration(mode="epsilon", param=0.1), metrics_port=9100
+    )
+    worker = config.replace(reuse_port=True, metrics_port=9101)
+    assert (worker.reuse_port, worker.metrics_port) == (True, 9101)
+    assert worker.exploration == config.exploration
+    assert worker.model_dump(exclude={"reuse_port", "metrics_port"}) == config.model_dump(
+        exclude={"reuse_port", "metrics_port"}
+    )
+
+
 # --------------------------------------------------------------------------- auth and TLS
 def test_bearer_token_guards_every_service_but_health(start: StartServer, bundles: Bundles) -> None:
     served = start(auth_token=TOKEN, token=TOKEN)
@@ -1255,7 +1332,7 @@ def test_rollback_without_history_is_failed_precondition(start: StartServer) -> 
 
 
 def test_softmax_exploration_refuses_a_rules_bundle(start: StartServer, bundles: Bundles) -> None:
-    served = start(exploration=Exploration("softmax", 1.0))
+    served = start(exploration=Exploration(mode="softmax", param=1.0))
     model = served.client.policy_info().model_id
     with expect_status(INVALID, r"^path: bundle refused.*softmax"):
         served.client.load_bundle(bundles.rules)
@@ -1264,7 +1341,7 @@ def test_softmax_exploration_refuses_a_rules_bundle(start: StartServer, bundles:
 
 def test_running_server_reports_a_refused_bundle_promptly(bundles: Bundles) -> None:
     config = ServerConfig(
-        bundle=bundles.rules, log_path=None, exploration=Exploration("softmax", 1.0)
+        bundle=bundles.rules, log_path=None, exploration=Exploration(mode="softmax", param=1.0)
     )
     raised: list[BaseException] = []
 
@@ -1338,6 +1415,51 @@ def test_metrics_count_requests_by_code_and_decisions(served: Served, bundles: B
     decisions = metric_samples(text, "cvm_decisions_total")
     assert sum(decisions.values()) == 7
     assert {dict(k)["source"] for k in decisions} == {"policy"}
+
+
+def test_metrics_count_every_rpc_with_its_status(start: StartServer, bundles: Bundles) -> None:
+    """Every call is counted, whatever answers it: calls refused for want of a token, the
+    health and reflection services, unary and streaming alike."""
+    served = start(auth_token=TOKEN, token=TOKEN)
+    x = sample_features(bundles.mlp, 1, seed=32)[0]
+    with DecisionClient(served.target) as anonymous:
+        with expect_status(grpc.StatusCode.UNAUTHENTICATED):
+            anonymous.decide("c", x)
+        assert anonymous.health() == "SERVING"
+        with expect_status(grpc.StatusCode.NOT_FOUND):
+            anonymous.health("cvm.v1.NoSuchService")
+    served.client.decide("c", x)
+    stub = reflection_pb2_grpc.ServerReflectionStub(served.client.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    with expect_status(grpc.StatusCode.UNAUTHENTICATED):
+        list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+    assert list(stub.ServerReflectionInfo(iter([request]), timeout=10, metadata=auth))
+    watch = served.client.health_stub.Watch(health_pb2.HealthCheckRequest(), timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()  # a stream that ends when the client goes away
+
+    expected = {
+        ("Decide", "UNAUTHENTICATED"): 1,
+        ("Decide", "OK"): 1,
+        ("Check", "OK"): 1,
+        ("Check", "NOT_FOUND"): 1,
+        ("ServerReflectionInfo", "UNAUTHENTICATED"): 1,
+        ("ServerReflectionInfo", "OK"): 1,
+        ("Watch", "CANCELLED"): 1,
+    }
+    deadline = time.monotonic() + 10
+    while True:  # the server sees the cancelled Watch end a moment later
+        text = served.server.metrics.text()
+        requests = metric_samples(text, "cvm_requests_total")
+        counted = {(dict(k)["method"], dict(k)["code"]): v for k, v in requests.items()}
+        if counted == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert counted == expected
+    latency = metric_samples(text, "cvm_request_duration_seconds_count")
+    assert {dict(k)["method"] for k in latency} == {m for m, _ in expected}
+    assert latency[(("method", "Decide"),)] == 2
 
 
 def test_metrics_count_the_new_rows_of_a_partly_replayed_batch(

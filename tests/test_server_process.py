@@ -88,6 +88,7 @@ def _decide_ok(metrics_url: str) -> float:
     )
 
 
+@pytest.mark.slow
 # --------------------------------------------------------------------------- durability
 def test_kill9_keeps_every_acknowledged_decision_and_outcome(
     bundles: Bundles, tmp_path: Path
@@ -138,6 +139,7 @@ def test_kill9_keeps_every_acknowledged_decision_and_outcome(
     assert log_counts(log) == (40, 20)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_gracefully_with_the_log_intact(bundles: Bundles, tmp_path: Path) -> None:
     log = tmp_path / "decisions.db"
     x = sample_features(bundles.mlp, 12, seed=2)
@@ -157,6 +159,7 @@ def test_sigterm_stops_gracefully_with_the_log_intact(bundles: Bundles, tmp_path
         }
 
 
+@pytest.mark.slow
 # --------------------------------------------------------------------------- workers
 def test_two_workers_share_the_port_and_follow_a_reload(bundles: Bundles, tmp_path: Path) -> None:
     log = tmp_path / "decisions.db"
@@ -227,6 +230,7 @@ def refused_runs(bundles: Bundles, tmp_path_factory: pytest.TempPathFactory) -> 
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "message"),
     [
@@ -259,11 +263,13 @@ def test_a_refused_option_exits_2_naming_it(
         (["--exploration", "epsilon"], r"--epsilon: required with --exploration epsilon"),
         (["--epsilon", "1.5"], r"--epsilon: epsilon must be in \[0\.0, 1\.0\]"),
         (["--exploration", "softmax", "--temperature", "-1"], r"--temperature: .*> 0"),
+        (["--temperature", "0"], r"--temperature: .*> 0"),
         (["--exploration", "policy", "--epsilon", "0.1"], r"--epsilon/--temperature: only"),
         (["--workers", "0"], r"--workers: must be >= 1, got 0"),
         (["--workers", "-3"], r"--workers: must be >= 1, got -3"),
         (["--max-batch-rows", "0"], r"--max-batch-rows: must be >= 1, got 0"),
         (["--port", "70000"], r"--port: must be in \[0, 65535\], got 70000"),
+        (["--grace", "-1"], r"--grace: grace_s must be >= 0, got -1\.0"),
     ],
 )
 def test_option_checks_name_the_option(

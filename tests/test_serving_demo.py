@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from server_fixtures import make_bundles
 
 from cvm_rl.cli.demo import format_summary, run_serving_demo
@@ -13,6 +14,7 @@ from cvm_rl.logs.export import read_export
 from cvm_rl.logs.store import DecisionLog
 
 
+@pytest.mark.slow
 def test_serving_demo_round_trip(tmp_path: Path) -> None:
     bundles = make_bundles(tmp_path / "bundles")
     out = tmp_path / "serve"

@@ -37,6 +37,7 @@ def observations() -> tuple[np.ndarray, np.ndarray]:
     return obs, info["action_mask"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ALGOS)
 def test_every_algo_trains_and_writes_a_loadable_bundle(
     algo: str, tmp_path: Path, observations: tuple[np.ndarray, np.ndarray]
@@ -68,6 +69,7 @@ def test_every_algo_trains_and_writes_a_loadable_bundle(
         assert any((run / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_same_seed_same_policy_different_seed_different_policy(
     observations: tuple[np.ndarray, np.ndarray],
 ) -> None:
@@ -124,6 +126,7 @@ def test_bad_training_config_names_the_field(changes: dict, match: str) -> None:
         train(TrainConfig(**changes))
 
 
+@pytest.mark.slow
 def test_cli_train_then_evaluate_with_plots_and_json(tmp_path: Path, capsys) -> None:
     run = tmp_path / "ucb"
     argv = ["train", "--algo", "linucb", "--steps", str(100 * HORIZON), "--n-envs", "100"]

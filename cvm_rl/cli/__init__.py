@@ -34,7 +34,7 @@ COMMANDS: tuple[str, ...] = (
 _INPUT_ERRORS = (
     ("simulator.config", "ScenarioError"),
     ("cvm_rl.bundle", "BundleError"),
-    ("cvm_rl.logs.store", "DecisionLogError"),
+    ("cvm_rl.logs.records", "DecisionLogError"),
 )
 """Errors that describe bad input (a scenario, a bundle, a log), not a bug: printed like a
 CliError. Looked up among loaded modules only, so checking costs no import."""

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     with needs_extra("export", "logs export"):
         from cvm_rl.logs.export import export_parquet
-    from cvm_rl.logs.store import DecisionLogError
+    from cvm_rl.logs.records import DecisionLogError
 
     try:
         summary = export_parquet(
@@ -116,8 +116,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _run_simulate(args: argparse.Namespace) -> int:
     from cvm_rl.bundle import load_bundle
+    from cvm_rl.logs.records import DecisionLogError, ModelRecord
     from cvm_rl.logs.simulated import simulate_to_log
-    from cvm_rl.logs.store import DecisionLog, DecisionLogError, ModelRecord
+    from cvm_rl.logs.store import DecisionLog
     from cvm_rl.registry import reference_policy
     from simulator.config import load_scenario
     from simulator.core import observation_feature_names

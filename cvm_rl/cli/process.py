@@ -71,16 +71,21 @@ def serve_process(
     *,
     name: str = "serve",
     start_timeout_s: float = START_TIMEOUT_S,
+    cvm: Sequence[str] | None = None,
 ) -> Iterator[ServeProcess]:
     """Run ``cvm serve ARGS --port 0 --ready-file F`` (unless ARGS set ``--port``) until the
-    block ends; then SIGTERM it, and SIGKILL it and its workers if they do not stop."""
+    block ends; then SIGTERM it, and SIGKILL it and its workers if they do not stop.
+
+    ``cvm`` is the command that runs the CLI (default: this interpreter's ``-m cvm_rl.cli``;
+    e.g. another environment's ``bin/cvm``)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / f"{name}.ready.json"
     stderr_path = workdir / f"{name}.stderr"
     ready.unlink(missing_ok=True)
     port_args = [] if "--port" in args else ["--port", "0"]
-    cmd = [sys.executable, "-m", "cvm_rl.cli", "serve", *args, *port_args]
+    command = [sys.executable, "-m", "cvm_rl.cli"] if cvm is None else list(cvm)
+    cmd = [*command, "serve", *args, *port_args]
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
             [*cmd, "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=stderr

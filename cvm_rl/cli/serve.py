@@ -16,18 +16,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cvm_rl.cli.common import CliError, bundle_dir
+from cvm_rl.logs.schema import Durability, ExplorationMode, LearningMode, values
 
 if TYPE_CHECKING:
-    from server.app import ServerConfig
-    from server.model import Exploration
+    from pydantic import ValidationError
+
+    from server.config import Exploration, ServerConfig
 
 HELP = "run the gRPC decision service on a bundle"
 TOKEN_ENV = "CVM_AUTH_TOKEN"
+# The option behind each ServerConfig field a refused value can come from.
+_OPTIONS = {
+    "bundle": "--bundle",
+    "log_path": "--log",
+    "auth_token": "--token-file",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "max_batch_rows": "--max-batch-rows",
+    "synchronous": "--durability",
+    "metrics_port": "--metrics-port",
+    "grace_s": "--grace",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", required=True, help="bundle directory or cvm train run dir")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one")
     parser.add_argument(
         "--workers", type=int, default=1, help="serving processes sharing the port (SO_REUSEPORT)"
@@ -45,22 +59,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--durability",
-        choices=["normal", "full"],
-        default="normal",
+        choices=values(Durability),
+        default=Durability.NORMAL.value,
         help="normal: rows survive a crash of the process; full: also power loss (fsync)",
     )
-    parser.add_argument("--exploration", choices=["policy", "epsilon", "softmax"], default=None)
+    parser.add_argument(
+        "--exploration",
+        choices=values(ExplorationMode),
+        default=None,
+        help="policy: the bundle's own distribution; epsilon: the greedy action, or with "
+        "probability --epsilon a uniform eligible one; softmax: of the bundle's scores at "
+        "--temperature (kind mlp only). Default: epsilon with --epsilon, softmax with "
+        "--temperature, else policy",
+    )
     parser.add_argument("--epsilon", type=float, help="exploration probability (epsilon mode)")
-    parser.add_argument("--temperature", type=float, help="softmax temperature (softmax mode)")
-    parser.add_argument("--learning-mode", choices=["online", "apprentice"], default="online")
+    parser.add_argument(
+        "--temperature", type=float, help="softmax temperature (softmax mode; 1 if omitted)"
+    )
+    parser.add_argument(
+        "--learning-mode",
+        choices=values(LearningMode),
+        default=LearningMode.ONLINE.value,
+        help="online: execute the policy's draw; apprentice: execute the caller's baseline "
+        "action and log the policy's draw beside it",
+    )
     parser.add_argument(
         "--token-file",
         help=f"file holding the bearer token clients must send (or set {TOKEN_ENV})",
     )
     parser.add_argument("--tls-cert", help="PEM certificate chain (TLS on with --tls-key)")
-    parser.add_argument("--tls-key", help="PEM private key")
-    parser.add_argument("--max-batch-rows", type=int, default=10_000)
-    parser.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1")
+    parser.add_argument("--tls-key", help="PEM private key (TLS on with --tls-cert)")
+    parser.add_argument(
+        "--max-batch-rows", type=int, default=10_000, help="most rows one DecideBatch may hold"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="Prometheus /metrics on 127.0.0.1 (worker i of --workers uses this port + i)",
+    )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds to finish on SIGTERM")
     parser.add_argument("--no-admin", action="store_true", help="do not serve DecisionAdmin")
     parser.add_argument("--ready-file", help="write {port, pids} as JSON here once serving")
@@ -69,29 +105,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def exploration_from_args(args: argparse.Namespace) -> Exploration:
     """``--exploration`` with its parameter; by default softmax at 1 for score bundles would
     equal ``policy``, so the default is the bundle's own distribution."""
-    from server.model import Exploration
+    from pydantic import ValidationError
 
-    mode = args.exploration or (
-        "epsilon" if args.epsilon is not None else "softmax" if args.temperature else "policy"
+    from cvm_rl.config import error_message
+    from server.config import Exploration
+
+    mode = ExplorationMode(
+        args.exploration
+        or (
+            "epsilon"
+            if args.epsilon is not None
+            else "softmax"
+            if args.temperature is not None
+            else "policy"
+        )
     )
-    if mode == "epsilon":
+    if mode == ExplorationMode.EPSILON:
         if args.epsilon is None:
             raise CliError("--epsilon: required with --exploration epsilon")
         param = args.epsilon
-    elif mode == "softmax":
+    elif mode == ExplorationMode.SOFTMAX:
         param = 1.0 if args.temperature is None else args.temperature
     else:
         if args.epsilon is not None or args.temperature is not None:
             raise CliError("--epsilon/--temperature: only with --exploration epsilon/softmax")
         param = 0.0
     try:
-        return Exploration(mode, param, args.learning_mode)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise CliError(f"--{'epsilon' if mode == 'epsilon' else 'temperature'}: {exc}") from None
+        return Exploration(mode=mode, param=param, learning_mode=LearningMode(args.learning_mode))
+    except ValidationError as exc:
+        option = "--epsilon" if mode == ExplorationMode.EPSILON else "--temperature"
+        raise CliError(f"{option}: {error_message(exc)}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    from server.app import ServerConfig
+    from pydantic import ValidationError
+
+    from server.config import ServerConfig
 
     bundle = bundle_dir(args.bundle)
     token = os.environ.get(TOKEN_ENV)
@@ -114,32 +163,41 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise CliError(f"--max-batch-rows: must be >= 1, got {args.max_batch_rows}")
     if not 0 <= args.port < 65536:
         raise CliError(f"--port: must be in [0, 65535], got {args.port}")
-    return ServerConfig(
-        bundle=bundle,
-        log_path=None if args.no_log else args.log,
-        exploration=exploration_from_args(args),
-        auth_token=token or None,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        max_batch_rows=args.max_batch_rows,
-        log_probabilities=not args.no_log_probabilities,
-        synchronous=args.durability,
-        admin=not args.no_admin,
-        metrics_port=args.metrics_port,
-        grace_s=args.grace,
-    )
+    try:
+        return ServerConfig(
+            bundle=bundle,
+            log_path=None if args.no_log else args.log,
+            exploration=exploration_from_args(args),
+            auth_token=token or None,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            max_batch_rows=args.max_batch_rows,
+            log_probabilities=not args.no_log_probabilities,
+            synchronous=Durability(args.durability),
+            admin=not args.no_admin,
+            metrics_port=args.metrics_port,
+            grace_s=args.grace,
+        )
+    except ValidationError as exc:
+        raise CliError(_config_error(exc)) from None
+
+
+def _config_error(exc: ValidationError) -> str:
+    """``--option: message`` for a value ServerConfig refused."""
+    from cvm_rl.config import error_message
+
+    loc = exc.errors()[0]["loc"]
+    option = _OPTIONS.get(str(loc[0])) if loc else None
+    message = error_message(exc)
+    return message if option is None else f"{option}: {message}"
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from server.app import (
-        configure_logging,
-        load_serving_model,
-        run_workers,
-        serve,
-        write_ready_file,
-    )
+    from server.app import load_serving_model, serve
+    from server.jsonlog import configure_logging
+    from server.workers import run_workers, write_ready_file
 
     config = config_from_args(args)
     try:

@@ -2,10 +2,13 @@
 with its outcome and with the model and settings that decided it.
 
 The output is a hive-partitioned dataset ``out_dir/date=YYYY-MM-DD/part-0.parquet`` (UTC
-date of the decision) plus ``out_dir/models.json`` (``model_id`` -> ``feature_names``,
-``action_names``, ``kind``, ``version``) so a reader knows what the ``features`` and
-``eligible`` lists mean. The same JSON is in each file's Parquet schema metadata under
-``b"cvm_rl.models"``. Read it back with :func:`read_export`.
+date of the decision) plus the side file ``out_dir/_models.json`` (``model_id`` ->
+``feature_names``, ``action_names``, ``kind``, ``version``) so a reader knows what the
+``features`` and ``eligible`` lists mean. The same JSON is in each file's Parquet schema
+metadata under ``b"cvm_rl.models"``. The side file's leading ``_`` makes standard Parquet
+readers skip it, so the directory opens as a dataset as it is
+(``pyarrow.dataset.dataset(out_dir, partitioning="hive")``, ``pyarrow.parquet.read_table``,
+``pandas.read_parquet``); :func:`read_export` reads it back with this schema.
 
 =====================  ===================  =======================================================
 column                 type                 meaning
@@ -14,7 +17,7 @@ event_id               string               the decision's unique id (the outcom
 customer_id            string               the caller's customer id
 decided_at             timestamp[us, UTC]   decision time
 date                   string               ``YYYY-MM-DD`` of ``decided_at`` in UTC (partition key)
-model_id               string               the bundle that decided (key of ``models.json``)
+model_id               string               the bundle that decided (key of ``_models.json``)
 model_version          string               its version
 learning_mode          string               ``online`` | ``apprentice``
 exploration            string               ``policy`` | ``epsilon`` | ``softmax``
@@ -33,6 +36,9 @@ reward                 double?              reported, or ``default_reward``; nul
 purchase               bool?                reported purchase flag
 spend                  double?              reported spend
 opt_out                bool?                reported opt-out flag
+executed_action_index  int32?               the action the environment executed when it was not
+                                            ``action_index``; null: ``action_index`` was
+                                            executed (or it is not known)
 reported_at            timestamp[us, UTC]?  when the outcome was observed; null without one
 outcome_status         string               ``reported`` | ``default`` | ``pending``
 =====================  ===================  =======================================================
@@ -43,14 +49,16 @@ lengths; rows of different models may differ.
 ``outcome_status``: ``reported`` when the log holds an outcome; ``default`` when it does not
 and ``decided_at + outcome_window_s < now`` (the outcome is taken to be "nothing happened":
 ``reward = default_reward``, the other outcome fields null); ``pending`` when the window has
-not passed yet (``reward`` null). Pending rows are left out unless ``include_pending``.
+not passed yet (``reward`` null). Pending rows are left out unless ``include_pending``. (The
+rule is :class:`~cvm_rl.logs.reader.OutcomeWindow`.)
 
 The log is opened read-only (SQLite URI ``mode=ro``) and read in one read transaction, so an
 export sees one consistent snapshot of a live log and never writes to it (SQLite may leave
-empty ``-wal`` / ``-shm`` files next to a closed log). Rows are read in chunks of
-``chunk_rows`` by ``seq`` (each request's matrices fetched once per chunk) and decoded in
-bulk with numpy, so only one chunk exists as Python objects at a time; the chunks stream
-into ``pyarrow.dataset.write_dataset``.
+empty ``-wal`` / ``-shm`` files next to a closed log). A log of an older schema version is
+read as it is (see :mod:`cvm_rl.logs.schema`). Rows are read in chunks of ``chunk_rows`` by
+``seq`` (:meth:`~cvm_rl.logs.reader.LogReader.chunks`) and decoded in bulk with numpy, so only
+one chunk exists as Python objects at a time; the chunks stream into
+``pyarrow.dataset.write_dataset``.
 """
 
 from __future__ import annotations
@@ -66,12 +74,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from cvm_rl.logs.store import SCHEMA_VERSION, DecisionLogError, now_us
+from cvm_rl.logs.reader import (
+    CHUNK_ROWS,
+    DecisionRows,
+    OutcomeWindow,
+    activation_positions,
+    open_read_only,
+)
+from cvm_rl.logs.records import Activation, DecisionLogError, ModelRecord
+from cvm_rl.logs.schema import OutcomeStatus, values
 
-MODELS_FILE = "models.json"
+MODELS_FILE = "_models.json"
+"""The side file describing the models (``_``: skipped by Parquet dataset discovery)."""
+LEGACY_MODELS_FILE = "models.json"
+"""Its name in exports of earlier versions (read as a fallback, replaced on re-export)."""
 MODELS_METADATA_KEY = b"cvm_rl.models"
-CHUNK_ROWS = 100_000
-OUTCOME_STATUSES = ("reported", "default", "pending")
+OUTCOME_STATUSES = values(OutcomeStatus)
 _US = pa.timestamp("us", tz="UTC")
 
 EXPORT_SCHEMA = pa.schema(
@@ -99,59 +117,12 @@ EXPORT_SCHEMA = pa.schema(
         ("purchase", pa.bool_()),
         ("spend", pa.float64()),
         ("opt_out", pa.bool_()),
+        ("executed_action_index", pa.int32()),
         ("reported_at", _US),
         ("outcome_status", pa.string()),
     ]
 )
 """Columns of an export, in order (the table in the module docstring)."""
-
-_SELECT_CHUNK = """
-SELECT d.seq, d.event_id, d.customer_id, d.decided_at_us, d.request, d.action_index,
-       d.propensity, d.policy_action_index, d.policy_propensity, d.baseline_action_index,
-       d.explored, d.request_row,
-       o.event_id, o.reward, o.purchase, o.spend, o.opt_out, o.reported_at_us
-FROM decisions AS d LEFT JOIN outcomes AS o ON o.event_id = d.event_id
-WHERE d.seq > ? ORDER BY d.seq LIMIT ?
-"""
-_SELECT_REQUESTS = """
-SELECT id, activation, n_features, n_actions, features, eligible, probabilities
-FROM requests WHERE id IN ({marks})
-"""
-
-
-def _with_request_data(
-    db: sqlite3.Connection, rows: list[tuple[Any, ...]]
-) -> list[tuple[Any, ...]]:
-    """Chunk rows with each decision's activation, features, eligibility and probabilities
-    taken from its request (fetched once per request): the layout :func:`_chunk_batch` reads.
-    """
-    ids = sorted({r[4] for r in rows})
-    requests = {}
-    for start in range(0, len(ids), 900):
-        part = ids[start : start + 900]
-        for rid, *rest in db.execute(
-            _SELECT_REQUESTS.format(marks=", ".join("?" * len(part))), part
-        ):
-            requests[rid] = rest
-    out = []
-    for r in rows:
-        request = requests.get(r[4])
-        if request is None:
-            raise DecisionLogError(f"decision {r[1]!r} names request {r[4]}, which the log lacks")
-        activation, n_features, n_actions, features, eligible, probs = request
-        i = r[11]
-        out.append(
-            (
-                *r[:4],
-                activation,
-                *r[5:11],
-                features[4 * i * n_features : 4 * (i + 1) * n_features],
-                eligible[i * n_actions : (i + 1) * n_actions],
-                None if probs is None else probs[8 * i * n_actions : 8 * (i + 1) * n_actions],
-                *r[12:],
-            )
-        )
-    return out
 
 
 @dataclass(frozen=True)
@@ -200,158 +171,105 @@ class _Activations:
     exploration_param: np.ndarray
     action_names: list[np.ndarray]
 
-    def position(self, activation: np.ndarray, event_ids: np.ndarray) -> np.ndarray:
-        """Index into these lookups of each decision's activation."""
-        if not len(self.seqs):
-            raise DecisionLogError("the log holds decisions but no activations")
-        pos = np.searchsorted(self.seqs, activation)
-        pos = np.minimum(pos, len(self.seqs) - 1)
-        bad = self.seqs[pos] != activation
-        if bad.any():
-            raise DecisionLogError(
-                f"decision {event_ids[bad][0]!r} names activation {activation[bad][0]}, "
-                "which the log does not hold"
-            )
-        return pos
+    @classmethod
+    def of(cls, activations: list[Activation], models: dict[str, ModelRecord]) -> _Activations:
+        ids = [a.model_id for a in activations]
+        return cls(
+            seqs=np.array([a.seq for a in activations], dtype=np.int64),
+            model_id=np.array(ids, dtype=object),
+            model_version=np.array([models[m].model_version for m in ids], dtype=object),
+            learning_mode=np.array([a.learning_mode for a in activations], dtype=object),
+            exploration=np.array([a.exploration for a in activations], dtype=object),
+            exploration_param=np.array(
+                [a.exploration_param for a in activations], dtype=np.float64
+            ),
+            action_names=[np.array(models[m].action_names, dtype=object) for m in ids],
+        )
 
 
-def open_read_only(log_path: str | Path) -> sqlite3.Connection:
-    """A read-only connection to an existing decision log; FileNotFoundError when it is
-    missing, :class:`DecisionLogError` when it is not a decision log of this schema version."""
-    path = Path(log_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: decision log not found")
-    # write_dataset pulls the record batches from one of pyarrow's threads, one at a time.
-    db = sqlite3.connect(
-        f"{path.resolve().as_uri()}?mode=ro",
-        uri=True,
-        isolation_level=None,
-        check_same_thread=False,
-    )
-    try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        raise DecisionLogError(f"{path}: not a decision log ({exc})") from None
-    if row is None or row[0] != str(SCHEMA_VERSION):
-        db.close()
-        found = "no schema_version" if row is None else f"schema_version {row[0]}"
-        raise DecisionLogError(f"{path}: {found}, but this cvm-rl reads {SCHEMA_VERSION}")
-    return db
-
-
-def _models(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
-    rows = db.execute(
-        "SELECT model_id, model_version, kind, feature_names, action_names FROM models "
-        "ORDER BY model_id"
-    ).fetchall()
+def models_json(models: dict[str, ModelRecord]) -> dict[str, dict[str, Any]]:
+    """The models as ``_models.json`` describes them: model_id -> feature_names,
+    action_names, kind, version."""
     return {
         model_id: {
-            "feature_names": json.loads(features),
-            "action_names": json.loads(actions),
-            "kind": kind,
-            "version": version,
+            "feature_names": m.feature_names,
+            "action_names": m.action_names,
+            "kind": m.kind,
+            "version": m.model_version,
         }
-        for model_id, version, kind, features, actions in rows
+        for model_id, m in sorted(models.items())
     }
 
 
-def _activations(db: sqlite3.Connection, models: dict[str, dict[str, Any]]) -> _Activations:
-    rows = db.execute(
-        "SELECT seq, model_id, learning_mode, exploration, exploration_param FROM activations "
-        "ORDER BY seq"
-    ).fetchall()
-    ids = [r[1] for r in rows]
-    return _Activations(
-        seqs=np.array([r[0] for r in rows], dtype=np.int64),
-        model_id=np.array(ids, dtype=object),
-        model_version=np.array([models[m]["version"] for m in ids], dtype=object),
-        learning_mode=np.array([r[2] for r in rows], dtype=object),
-        exploration=np.array([r[3] for r in rows], dtype=object),
-        exploration_param=np.array([r[4] for r in rows], dtype=np.float64),
-        action_names=[np.array(models[m]["action_names"], dtype=object) for m in ids],
-    )
-
-
 def _list_array(
-    blobs: list[bytes | None], item: str, value: type, value_type: pa.DataType, where: str
+    blobs: np.ndarray, item: str, value: type, value_type: pa.DataType, where: str
 ) -> pa.Array:
     """BLOBs of fixed-size items (``item``: their stored numpy dtype, ``value``: the native
     one) as one Arrow list array, decoded with one ``frombuffer``; ``None`` becomes null."""
     itemsize = np.dtype(item).itemsize
+    nulls = np.fromiter((b is None for b in blobs), bool, len(blobs))
     sizes = np.fromiter((0 if b is None else len(b) for b in blobs), np.int64, len(blobs))
     if (sizes % itemsize).any():
         raise DecisionLogError(f"{where}: a BLOB is not a whole number of {itemsize}-byte items")
     offsets = np.zeros(len(blobs) + 1, dtype=np.int32)
     np.cumsum(sizes // itemsize, out=offsets[1:])
-    values = np.frombuffer(b"".join(b for b in blobs if b is not None), dtype=item)
+    values = np.frombuffer(b"".join(blobs[~nulls]), dtype=item)
     flat = pa.array(values.astype(value), type=value_type)
-    nulls = np.fromiter((b is None for b in blobs), bool, len(blobs))
     mask = pa.array(nulls) if nulls.any() else None
     return pa.ListArray.from_arrays(pa.array(offsets), flat, mask=mask)
 
 
-def _nullable(values: tuple[Any, ...], dtype: type, arrow: pa.DataType) -> pa.Array:
-    """A column of Python values with ``None`` as null, built through numpy ``dtype``."""
+def _nullable(values: np.ndarray, dtype: type, arrow: pa.DataType) -> pa.Array:
+    """An object column with ``None`` as null, built through numpy ``dtype``."""
     known = np.fromiter((v is not None for v in values), bool, len(values))
     filled: np.ndarray = np.array([0 if v is None else v for v in values], dtype=dtype)
     return pa.array(filled, type=arrow, mask=~known)
 
 
 def _chunk_batch(
-    rows: list[tuple[Any, ...]],
+    rows: DecisionRows,
     acts: _Activations,
+    window: OutcomeWindow,
     *,
-    deadline_us: int,
-    default_reward: float,
     include_pending: bool,
     counts: _Counts,
 ) -> pa.RecordBatch | None:
-    """One chunk of joined rows as a record batch of :data:`EXPORT_SCHEMA` (None if empty)."""
-    decided_at = np.fromiter((r[3] for r in rows), np.int64, len(rows))
-    has_outcome = np.fromiter((r[14] is not None for r in rows), bool, len(rows))
-    pending = ~has_outcome & (decided_at >= deadline_us)
+    """One chunk of rows as a record batch of :data:`EXPORT_SCHEMA` (None if empty)."""
+    status = window.status(rows)
+    pending = status == OutcomeStatus.PENDING.value
     counts.pending += int(pending.sum())
     if pending.any() and not include_pending:
         counts.pending_skipped += int(pending.sum())
-        keep = np.flatnonzero(~pending)
-        if not len(keep):
+        rows, status = rows.take(~pending), status[~pending]
+        if not len(rows):
             return None
-        rows = [rows[i] for i in keep]
-        decided_at, has_outcome, pending = decided_at[keep], has_outcome[keep], pending[keep]
-    defaulted = ~has_outcome & ~pending
-    n = len(rows)
-    counts.rows += n
-    counts.reported += int(has_outcome.sum())
-    counts.defaulted += int(defaulted.sum())
+    counts.rows += len(rows)
+    counts.reported += int((status == OutcomeStatus.REPORTED.value).sum())
+    counts.defaulted += int((status == OutcomeStatus.DEFAULT.value).sum())
 
-    columns = list(zip(*rows, strict=True))
-    event_ids = np.array(columns[1], dtype=object)
-    pos = acts.position(np.array(columns[4], dtype=np.int64), event_ids)
-    action_index = np.array(columns[5], dtype=np.int32)
-    action_name = np.empty(n, dtype=object)
+    where = f"decisions from seq {rows.seq[0]}"
+    pos = activation_positions(acts.seqs, rows, where)
+    action_index = rows.action_index.astype(np.int32)
+    action_name = np.empty(len(rows), dtype=object)
     for p in np.unique(pos):
         rows_of = pos == p
         names = acts.action_names[p]
         indices = action_index[rows_of]
         if indices.max() >= len(names):
-            bad = event_ids[rows_of][indices >= len(names)][0]
+            bad = rows.event_id[rows_of][indices >= len(names)][0]
             raise DecisionLogError(
                 f"decision {bad!r}: action_index beyond model {acts.model_id[p]!r}'s "
                 f"{len(names)} actions"
             )
         action_name[rows_of] = names[indices]
-    dates = decided_at.astype("datetime64[us]").astype("datetime64[D]").astype(str)
+    dates = rows.decided_at_us.astype("datetime64[us]").astype("datetime64[D]").astype(str)
     counts.dates.update(np.unique(dates).tolist())
 
-    reward = np.array([0.0 if r is None else r for r in columns[15]], dtype=np.float64)
-    reward[defaulted] = default_reward
-    status = np.where(has_outcome, "reported", np.where(defaulted, "default", "pending"))
-    where = f"decisions from seq {rows[0][0]}"
+    reward = window.rewards(rows, status)
     arrays = [
-        pa.array(event_ids, type=pa.string()),
-        pa.array(columns[2], type=pa.string()),
-        pa.array(decided_at, type=_US),
+        pa.array(rows.event_id, type=pa.string()),
+        pa.array(rows.customer_id, type=pa.string()),
+        pa.array(rows.decided_at_us, type=_US),
         pa.array(dates, type=pa.string()),
         pa.array(acts.model_id[pos], type=pa.string()),
         pa.array(acts.model_version[pos], type=pa.string()),
@@ -360,19 +278,20 @@ def _chunk_batch(
         pa.array(acts.exploration_param[pos], type=pa.float64()),
         pa.array(action_index, type=pa.int32()),
         pa.array(action_name, type=pa.string()),
-        pa.array(np.array(columns[6], dtype=np.float64), type=pa.float64()),
-        pa.array(np.array(columns[7], dtype=np.int32), type=pa.int32()),
-        pa.array(np.array(columns[8], dtype=np.float64), type=pa.float64()),
-        _nullable(columns[9], np.int32, pa.int32()),
-        pa.array(np.array(columns[10], dtype=bool), type=pa.bool_()),
-        _list_array(list(columns[11]), "<f4", np.float32, pa.float32(), f"{where}: features"),
-        _list_array(list(columns[12]), "u1", np.bool_, pa.bool_(), f"{where}: eligible"),
-        _list_array(list(columns[13]), "<f8", np.float64, pa.float64(), f"{where}: probabilities"),
-        pa.array(reward, type=pa.float64(), mask=pending),
-        _nullable(columns[16], np.bool_, pa.bool_()),
-        _nullable(columns[17], np.float64, pa.float64()),
-        _nullable(columns[18], np.bool_, pa.bool_()),
-        _nullable(columns[19], np.int64, _US),
+        pa.array(rows.propensity, type=pa.float64()),
+        pa.array(rows.policy_action_index.astype(np.int32), type=pa.int32()),
+        pa.array(rows.policy_propensity, type=pa.float64()),
+        _nullable(rows.baseline_action_index, np.int32, pa.int32()),
+        pa.array(rows.explored, type=pa.bool_()),
+        _list_array(rows.features, "<f4", np.float32, pa.float32(), f"{where}: features"),
+        _list_array(rows.eligible, "u1", np.bool_, pa.bool_(), f"{where}: eligible"),
+        _list_array(rows.probabilities, "<f8", np.float64, pa.float64(), f"{where}: probabilities"),
+        pa.array(reward, type=pa.float64(), mask=status == OutcomeStatus.PENDING.value),
+        _nullable(rows.purchase, np.bool_, pa.bool_()),
+        _nullable(rows.spend, np.float64, pa.float64()),
+        _nullable(rows.opt_out, np.bool_, pa.bool_()),
+        _nullable(rows.executed_action_index, np.int32, pa.int32()),
+        _nullable(rows.reported_at_us, np.int64, _US),
         pa.array(status, type=pa.string()),
     ]
     return pa.RecordBatch.from_arrays(arrays, schema=EXPORT_SCHEMA)
@@ -392,45 +311,27 @@ def export_parquet(
 
     See the module docstring for the columns and ``outcome_status``; ``now_us`` (default: the
     wall clock) fixes "now" for the window. Partitions (dates) this export writes replace
-    those already in ``out_dir``; other dates are left alone, and ``models.json`` keeps the
+    those already in ``out_dir``; other dates are left alone, and ``_models.json`` keeps the
     models it already lists (this log's entries win).
     """
-    if not (np.isfinite(outcome_window_s) and outcome_window_s >= 0):
-        raise ValueError(f"outcome_window_s must be finite and >= 0, got {outcome_window_s!r}")
-    if not np.isfinite(default_reward):
-        raise ValueError(f"default_reward must be finite, got {default_reward!r}")
-    if int(chunk_rows) < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    now = _now_us() if now_us is None else int(now_us)
-    deadline_us = now - round(outcome_window_s * 1_000_000)
+    window = OutcomeWindow(outcome_window_s, default_reward, now_us)
     out = Path(out_dir)
-    db = open_read_only(log_path)
     counts = _Counts()
-    try:
-        db.execute("BEGIN")  # one snapshot for the whole export
-        models = _models(db)
-        acts = _activations(db, models)
-        models_json = json.dumps(models, indent=2, sort_keys=True)
-        schema = EXPORT_SCHEMA.with_metadata({MODELS_METADATA_KEY: models_json.encode()})
+    with open_read_only(log_path) as reader, reader.snapshot():  # one snapshot for it all
+        models = reader.models()
+        acts = _Activations.of(reader.activations(), models)
+        described = json.dumps(models_json(models), indent=2, sort_keys=True)
+        metadata = {MODELS_METADATA_KEY: described.encode()}
+        schema = EXPORT_SCHEMA.with_metadata(metadata)
+        chunks = reader.chunks(chunk_rows)
 
         def batches() -> Iterator[pa.RecordBatch]:
-            last_seq = 0
-            while True:
-                rows = db.execute(_SELECT_CHUNK, (last_seq, int(chunk_rows))).fetchall()
-                if not rows:
-                    return
-                last_seq = rows[-1][0]
-                rows = _with_request_data(db, rows)
+            for rows in chunks:
                 batch = _chunk_batch(
-                    rows,
-                    acts,
-                    deadline_us=deadline_us,
-                    default_reward=float(default_reward),
-                    include_pending=include_pending,
-                    counts=counts,
+                    rows, acts, window, include_pending=include_pending, counts=counts
                 )
                 if batch is not None:
-                    yield batch.replace_schema_metadata(schema.metadata)
+                    yield batch.replace_schema_metadata(metadata)
 
         try:
             ds.write_dataset(
@@ -445,10 +346,7 @@ def export_parquet(
             )
         except sqlite3.DatabaseError as exc:
             raise DecisionLogError(f"{log_path}: cannot read the decision log ({exc})") from None
-        db.execute("COMMIT")
-    finally:
-        db.close()
-    _write_models_json(out / MODELS_FILE, models)
+    _write_models_json(out, models_json(models))
     return ExportSummary(
         rows=counts.rows,
         with_outcome=counts.reported,
@@ -460,38 +358,44 @@ def export_parquet(
     )
 
 
-_now_us = now_us  # export_parquet's ``now_us`` argument shadows the helper
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc}); remove it to re-export") from None
+    return loaded if isinstance(loaded, dict) else {}
 
 
-def _write_models_json(path: Path, models: dict[str, dict[str, Any]]) -> None:
-    """Merge ``models`` into ``path`` (partitions of earlier exports may use older models)."""
+def _write_models_json(out: Path, models: dict[str, dict[str, Any]]) -> None:
+    """Merge ``models`` into ``out/_models.json`` (partitions of earlier exports may use
+    older models), taking in and removing an earlier export's ``models.json``."""
+    path, legacy = out / MODELS_FILE, out / LEGACY_MODELS_FILE
     merged: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: invalid JSON ({exc}); remove it to re-export") from None
-        if isinstance(previous, dict):
-            merged.update(previous)
+    for previous in (legacy, path):
+        if previous.is_file():
+            merged.update(_read_json(previous))
     merged.update(models)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(path)
+    legacy.unlink(missing_ok=True)
 
 
 def read_models(out_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """``models.json`` of an export: model_id -> feature_names, action_names, kind, version."""
-    path = Path(out_dir) / MODELS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (not an export directory?)")
-    models: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
-    return models
+    """``_models.json`` of an export (``models.json`` in earlier ones): model_id ->
+    feature_names, action_names, kind, version."""
+    root = Path(out_dir)
+    for path in (root / MODELS_FILE, root / LEGACY_MODELS_FILE):
+        if path.is_file():
+            models: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+            return models
+    raise FileNotFoundError(f"{root / MODELS_FILE}: not found (not an export directory?)")
 
 
 def read_export(out_dir: str | Path) -> pa.Table:
     """The exported rows of ``out_dir`` as one table of :data:`EXPORT_SCHEMA` (``date`` as a
-    string; rows ordered by date, then as written), with ``models.json`` in the schema
+    string; rows ordered by date, then as written), with ``_models.json`` in the schema
     metadata under :data:`MODELS_METADATA_KEY`."""
     root = Path(out_dir)
     models = read_models(root)

@@ -1,6 +1,6 @@
 """Run any policy on simulated customers and write what it did as a decision log.
 
-The simulator writes the same schema as the decision service (:mod:`cvm_rl.logs.store`),
+The simulator writes the same schema as the decision service (:mod:`cvm_rl.logs.schema`),
 so tests, research and off-policy evaluation read one format. Every customer-week is one
 decision (no contact included) made by one activation (``learning_mode="online"``,
 ``exploration="policy"``, ``reason="simulation"``), and gets its outcome one week later:
@@ -10,8 +10,10 @@ decision (no contact included) made by one activation (``learning_mode="online"`
 * ``features`` the raw observation, ``eligible`` the action mask, no baseline;
 * ``action_index`` = ``policy_action_index``: the action the policy drew, with
   ``propensity`` = its probability under the policy's distribution. The environment may
-  still refuse a drawn contact (e.g. over budget) and execute no contact; the log keeps what
-  the policy chose, as the service logs what it served, and the outcome is what followed;
+  still refuse a drawn contact (e.g. over budget) and execute no contact; the decision keeps
+  what the policy chose, as the service logs what it served, the outcome's
+  ``executed_action_index`` records the executed action where it differs (NULL elsewhere),
+  and the outcome is what followed the executed action;
 * ``explored``: the draw's probability is below the row's maximum (drawing one of several
   tied best actions, e.g. under a uniform policy, is not exploration), as the service logs;
 * outcome: ``reward`` the week's reward, ``purchase`` = purchases > 0, ``spend`` the week's
@@ -30,7 +32,8 @@ from datetime import UTC, datetime
 import numpy as np
 
 from cvm_rl.logs.arrays import LoggedData
-from cvm_rl.logs.store import DecisionBatch, DecisionLog, ModelRecord, OutcomeRecord
+from cvm_rl.logs.records import DecisionBatch, ModelRecord, OutcomeRecord
+from cvm_rl.logs.store import DecisionLog
 from cvm_rl.policies.base import Policy, explored
 from cvm_rl.policies.baselines import ExplorationPolicy
 from cvm_rl.rollout import rollout
@@ -168,15 +171,18 @@ def simulate_to_log(
             )
         reported_at = decided_at + WEEK_US
         info = t.next_info
+        chosen = d.actions.tolist()
+        executed = [None if e == a else e for e, a in zip(t.executed.tolist(), chosen, strict=True)]
         recorded += log.record_outcomes(
             [
-                OutcomeRecord(eid, r, bool(p > 0), s, o, reported_at)
-                for eid, r, p, s, o in zip(
+                OutcomeRecord(eid, r, bool(p > 0), s, o, reported_at, e)
+                for eid, r, p, s, o, e in zip(
                     event_ids,
                     t.reward.tolist(),
                     info["purchases"].tolist(),
                     info["revenue"].tolist(),
                     info["opted_out"].tolist(),
+                    executed,
                     strict=True,
                 )
             ]

@@ -1,0 +1,285 @@
+"""What the decision log stores and returns, as Python records, and the log's errors.
+
+:class:`ModelRecord` (a row of ``models``), :class:`Activation` (of ``activations``),
+:class:`DecisionBatch` (the decisions of one request, as columns: what a writer stores),
+:class:`StoredDecision` (one stored decision with its features, eligibility and probabilities
+already sliced out of its request) and :class:`OutcomeRecord` (a row of ``outcomes``). The
+tables and columns are documented in :mod:`cvm_rl.logs.schema`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cvm_rl.logs.schema import DECISION_COLUMNS
+
+if TYPE_CHECKING:
+    from cvm_rl.bundle import Bundle
+
+
+class DecisionLogError(ValueError):
+    """A log that cannot be opened or used (not SQLite, wrong schema version...)."""
+
+
+class EventConflict(ValueError):
+    """Event ids already used with different content; nothing of the call was written."""
+
+    def __init__(self, message: str, event_ids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.event_ids = list(event_ids)
+
+
+class LogBusy(RuntimeError):
+    """Another connection holds the log's write lock (see ``wait=False``); nothing written."""
+
+
+class UnknownEvents(KeyError):
+    """Outcomes for event ids that were never decided; nothing of the call was written."""
+
+    def __init__(self, event_ids: Sequence[str]) -> None:
+        super().__init__(event_ids)
+        self.event_ids = list(event_ids)
+
+    def __str__(self) -> str:
+        return f"unknown event_id {mention(self.event_ids)}: no decision was logged under it"
+
+
+def mention(event_ids: Sequence[str]) -> str:
+    """``'a'`` or ``'a' (and 3 more)``: a bounded mention of many ids in a message."""
+    more = f" (and {len(event_ids) - 1} more)" if len(event_ids) > 1 else ""
+    return f"{event_ids[0]!r}{more}"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A bundle as the log knows it."""
+
+    model_id: str
+    model_version: str
+    kind: str
+    path: str
+    feature_names: list[str]
+    action_names: list[str]
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> ModelRecord:
+        return cls(
+            model_id=bundle.model_id,
+            model_version=bundle.version,
+            kind=bundle.kind,
+            path=str(bundle.path.resolve()),
+            feature_names=bundle.feature_names,
+            action_names=bundle.action_names,
+        )
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One row of ``activations``: a bundle serving with given settings."""
+
+    seq: int
+    model_id: str
+    path: str
+    learning_mode: str
+    exploration: str
+    exploration_param: float
+    reason: str
+
+
+@dataclass
+class DecisionBatch:
+    """Decisions of one activation as columns: length-N arrays and (N, F) / (N, A) matrices.
+
+    ``baseline_action_index`` is -1 where no baseline was given (NULL in the table);
+    ``probabilities`` may be None to leave the column NULL.
+    """
+
+    event_ids: list[str]
+    customer_ids: list[str]
+    decided_at_us: np.ndarray
+    activation: int
+    action_index: np.ndarray
+    propensity: np.ndarray
+    policy_action_index: np.ndarray
+    policy_propensity: np.ndarray
+    baseline_action_index: np.ndarray
+    explored: np.ndarray
+    features: np.ndarray
+    eligible: np.ndarray
+    probabilities: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    def check(self) -> None:
+        """Shapes and value domains; a ValueError names the field."""
+        n = len(self.event_ids)
+        if len(set(self.event_ids)) != n:
+            raise ValueError("event_ids must be distinct within a batch")
+        if len(self.customer_ids) != n:
+            raise ValueError(f"customer_ids must have {n} entries, got {len(self.customer_ids)}")
+        for name in (
+            "decided_at_us",
+            "action_index",
+            "propensity",
+            "policy_action_index",
+            "policy_propensity",
+            "baseline_action_index",
+            "explored",
+        ):
+            value = np.asarray(getattr(self, name))
+            if value.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {value.shape}")
+            setattr(self, name, value)
+        if self.features.ndim != 2 or self.features.shape[0] != n:
+            raise ValueError(f"features must have shape ({n}, F), got {self.features.shape}")
+        if self.eligible.ndim != 2 or self.eligible.shape[0] != n:
+            raise ValueError(f"eligible must have shape ({n}, A), got {self.eligible.shape}")
+        n_actions = self.eligible.shape[1]
+        if self.probabilities is not None and self.probabilities.shape != (n, n_actions):
+            raise ValueError(
+                f"probabilities must have shape ({n}, {n_actions}), got {self.probabilities.shape}"
+            )
+        for name in ("propensity", "policy_propensity"):
+            p = getattr(self, name)
+            if not ((p > 0) & (p <= 1)).all():
+                raise ValueError(f"{name} must be in (0, 1]")
+        for name in ("action_index", "policy_action_index"):
+            a = getattr(self, name)
+            if ((a < 0) | (a >= n_actions)).any():
+                raise ValueError(f"{name} must be in [0, {n_actions})")
+
+    def request_row(self) -> tuple[Any, ...]:
+        """The ``requests`` row of this batch, in ``REQUEST_COLUMNS`` order."""
+        n, n_actions = self.eligible.shape
+        return (
+            self.activation,
+            n,
+            self.features.shape[1],
+            n_actions,
+            np.ascontiguousarray(self.features, dtype="<f4").tobytes(),
+            np.ascontiguousarray(self.eligible, dtype=np.uint8).tobytes(),
+            None
+            if self.probabilities is None
+            else np.ascontiguousarray(self.probabilities, dtype="<f8").tobytes(),
+        )
+
+    def rows(self, request: int, indices: Sequence[int] | None = None) -> np.ndarray:
+        """``decisions`` rows pointing at ``request`` as an (N, columns) object array in
+        ``DECISION_COLUMNS`` order, for all rows or the given ``indices`` (filled column
+        by column: building per-row tuples in Python costs more than the insert)."""
+        n = len(self.event_ids)
+        rows = np.empty((n, len(DECISION_COLUMNS)), dtype=object)
+        rows[:, 0] = self.event_ids
+        rows[:, 1] = self.customer_ids
+        rows[:, 2] = self.decided_at_us.tolist()
+        rows[:, 3] = request
+        rows[:, 4] = range(n)
+        rows[:, 5] = self.action_index.tolist()
+        rows[:, 6] = self.propensity.tolist()
+        rows[:, 7] = self.policy_action_index.tolist()
+        rows[:, 8] = self.policy_propensity.tolist()
+        rows[:, 9] = [None if b < 0 else b for b in self.baseline_action_index.tolist()]
+        rows[:, 10] = self.explored.astype(int).tolist()
+        return rows if indices is None else rows[list(indices)]
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    """One decision as stored: what a replayed event id gets back (built by
+    :mod:`cvm_rl.logs.reader`)."""
+
+    event_id: str
+    customer_id: str
+    decided_at_us: int
+    activation: int
+    action_index: int
+    propensity: float
+    policy_action_index: int
+    policy_propensity: float
+    baseline_action_index: int | None
+    explored: bool
+    features: np.ndarray
+    eligible: np.ndarray
+    probabilities: np.ndarray | None
+
+    def same_inputs(
+        self,
+        customer_id: str,
+        features: np.ndarray,
+        eligible: np.ndarray,
+        baseline_action_index: int,
+    ) -> bool:
+        """Whether a replay of this event carries the inputs it was first decided on."""
+        baseline = -1 if self.baseline_action_index is None else self.baseline_action_index
+        return (
+            customer_id == self.customer_id
+            and baseline == baseline_action_index
+            and np.array_equal(np.asarray(features, dtype="<f4"), self.features)
+            and np.array_equal(np.asarray(eligible, dtype=bool), self.eligible)
+        )
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    """One outcome report; ``None`` fields are unknown (``reported_at_us``: when received).
+
+    ``executed_action_index``: the action the environment executed when it was not the
+    served one (None: the served action was executed, or it is not known)."""
+
+    event_id: str
+    reward: float
+    purchase: bool | None = None
+    spend: float | None = None
+    opt_out: bool | None = None
+    reported_at_us: int | None = None
+    executed_action_index: int | None = None
+
+    def check(self) -> None:
+        """Value domains; a ValueError names the field (the catalog bound of
+        ``executed_action_index`` is checked against the decision by the store)."""
+        if not self.event_id:
+            raise ValueError("outcome.event_id is required")
+        if not np.isfinite(self.reward):
+            raise ValueError(f"outcome.reward must be finite, got {self.reward!r}")
+        if self.spend is not None and not (np.isfinite(self.spend) and self.spend >= 0):
+            raise ValueError(f"outcome.spend must be finite and >= 0, got {self.spend!r}")
+        executed = self.executed_action_index
+        if executed is not None and (
+            isinstance(executed, bool) or not isinstance(executed, int | np.integer) or executed < 0
+        ):
+            raise ValueError(
+                f"outcome.executed_action_index must be an int >= 0 or None, got {executed!r}"
+            )
+
+    def same_as(self, stored: OutcomeRecord) -> bool:
+        """Whether this report repeats ``stored``; an unset ``reported_at_us`` matches any."""
+        return (
+            stored.reward == self.reward
+            and stored.purchase == self.purchase
+            and stored.spend == self.spend
+            and stored.opt_out == self.opt_out
+            and stored.executed_action_index == self.executed_action_index
+            and (self.reported_at_us is None or self.reported_at_us == stored.reported_at_us)
+        )
+
+    def row(self, received_at_us: int) -> tuple[Any, ...]:
+        """The ``outcomes`` row of this report, in ``OUTCOME_COLUMNS`` order."""
+        return (
+            self.event_id,
+            float(self.reward),
+            _optional_int(self.purchase),
+            None if self.spend is None else float(self.spend),
+            _optional_int(self.opt_out),
+            received_at_us if self.reported_at_us is None else int(self.reported_at_us),
+            received_at_us,
+            _optional_int(self.executed_action_index),
+        )
+
+
+def _optional_int(value: int | None) -> int | None:
+    return None if value is None else int(value)

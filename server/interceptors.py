@@ -1,0 +1,163 @@
+"""Server interceptors: bearer-token auth, and request metrics for every RPC.
+
+The metrics interceptor goes first, so that calls the auth interceptor refuses are counted
+too (as UNAUTHENTICATED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from server.metrics import ServerMetrics
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]]
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without ``authorization: Bearer <token>`` (UNAUTHENTICATED).
+
+    Health checks stay open so that orchestrators can probe without the secret."""
+
+    def __init__(self, token: str, open_services: tuple[str, ...] = (HEALTH_SERVICE,)) -> None:
+        self._expected = f"Bearer {token}".encode()
+        self._open = tuple(f"/{s}/" for s in open_services)
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(self._open):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = metadata.get("authorization", "")
+        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+        if hmac.compare_digest(given_bytes, self._expected):
+            return handler
+        return _refusal(handler, "missing or invalid bearer token (metadata 'authorization')")
+
+
+def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that aborts with UNAUTHENTICATED."""
+
+    async def abort_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def abort_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    return _same_shape(handler, abort_unary, abort_stream)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every call by method and status code and observes its latency (from the
+    request to the end of the response, inside the server)."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+        # The wrapped handler per method, while the wrapped one stays the same (a server's
+        # handlers do; a refusal is made per call): wrapping costs more than the lookup.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        path = handler_call_details.method
+        cached = self._wrapped.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, path.rpartition("/")[2])
+        self._wrapped[path] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        behavior = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
+        requests = self.metrics.requests
+        latency = self.metrics.latency.labels(method)
+
+        def observe(start: float, code: grpc.StatusCode) -> None:
+            requests.labels(method, code.name).inc()
+            latency.observe(time.perf_counter() - start)
+
+        async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = await behavior(request, context)
+                code = _status(context, grpc.StatusCode.OK)
+                return response
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = _status(context, grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                observe(start, code)
+
+        async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                responses: AsyncIterator[Any] = behavior(request, context)
+                async for response in responses:
+                    yield response
+                code = _status(context, grpc.StatusCode.OK)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = _status(context, grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                observe(start, code)
+
+        # A streaming handler is either an async generator or a coroutine that writes
+        # through the context (the health service's Watch); the latter is awaited as is.
+        streams = handler.unary_stream or handler.stream_stream
+        if streams is not None and not inspect.isasyncgenfunction(streams):
+            return _same_shape(handler, unary_response, unary_response)
+        return _same_shape(handler, unary_response, stream_response)
+
+
+def _status(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
+    """The status the call ends with: the one it aborted with or set, else ``default``."""
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) else default
+
+
+def _same_shape(
+    handler: grpc.RpcMethodHandler,
+    unary_response: Callable[..., Any],
+    stream_response: Callable[..., Any],
+) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s kind and (de)serializers, behaving as one of the two."""
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary_response, **kw)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream_response, **kw)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary_response, **kw)
+    return grpc.stream_stream_rpc_method_handler(stream_response, **kw)

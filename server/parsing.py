@@ -1,0 +1,281 @@
+"""Requests to arrays: every ``cvm.v1`` request field checked against the serving model's
+schema and catalog, with a message naming the field for anything refused.
+
+Nothing here touches the log or the network: the servicers decide on the
+:class:`ParsedRows` and store the :class:`~cvm_rl.logs.store.OutcomeRecord` lists.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cvm_rl.logs.store import OutcomeRecord
+from server.errors import invalid
+from server.generated.cvm.v1 import decision_pb2 as pb
+from server.model import ServingModel
+
+MAX_EVENT_ID_LENGTH = 128
+
+
+def _action_index(model: ServingModel, action: pb.Action, field: str) -> int:
+    if bool(action.offer_id) != bool(action.channel):
+        raise invalid(
+            f"{field}: offer_id and channel must both be set, or both empty for no contact"
+        )
+    index = model.action_index.get((action.offer_id, action.channel))
+    if index is None:
+        if action.offer_id not in model.offer_columns:
+            raise invalid(
+                f"{field}.offer_id: unknown offer {action.offer_id!r}; known: {model.offers}"
+            )
+        raise invalid(
+            f"{field}.channel: unknown channel {action.channel!r}; known: {model.channels}"
+        )
+    return index
+
+
+def _names(names: Sequence[str], known: dict[str, np.ndarray], what: str, field: str) -> None:
+    for i, name in enumerate(names):
+        if name not in known:
+            raise invalid(f"{field}[{i}]: unknown {what} {name!r}; known: {list(known)}")
+
+
+def eligibility_mask(model: ServingModel, elig: pb.Eligibility | None, field: str) -> np.ndarray:
+    """(A,) boolean mask of the actions ``elig`` allows (no contact unless contact_required)."""
+    mask = np.ones(model.n_actions, dtype=bool)
+    if elig is None:
+        return mask
+    for allow_field, excluded_field, columns, what in (
+        ("eligible_offers", "excluded_offers", model.offer_columns, "offer"),
+        ("eligible_channels", "excluded_channels", model.channel_columns, "channel"),
+    ):
+        if elig.HasField(allow_field):
+            names = list(getattr(elig, allow_field).names)
+            _names(names, columns, what, f"{field}.{allow_field}.names")
+            allowed = np.zeros(model.n_actions, dtype=bool)
+            allowed[0] = True
+            for name in names:
+                allowed |= columns[name]
+            mask &= allowed
+        excluded = list(getattr(elig, excluded_field))
+        _names(excluded, columns, what, f"{field}.{excluded_field}")
+        for name in excluded:
+            mask &= ~columns[name]
+    if elig.contact_required:
+        mask[0] = False
+        if not mask.any():
+            raise invalid(
+                f"{field}: no eligible action: contact_required is set but the allow-lists "
+                "and exclusions leave no (offer, channel) pair"
+            )
+    return mask
+
+
+def _check_finite(features: np.ndarray, names: list[str], field: str) -> None:
+    bad = ~np.isfinite(features)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        where = f"row {row}, " if features.shape[0] > 1 else ""
+        raise invalid(
+            f"{field}: {where}feature {names[col]!r} must be finite, got {features[row, col]}"
+        )
+
+
+def new_event_ids(n: int) -> list[str]:
+    """``n`` time-ordered 128-bit hex ids: 48 bits of Unix milliseconds, then 80 random bits
+    (the layout of UUIDv7). Ids that grow with time keep the log's event-id index
+    append-mostly; random ids would touch a different index page per row on every commit."""
+    millis = f"{time.time_ns() // 1_000_000:012x}"
+    noise = os.urandom(10 * n).hex()
+    return [millis + noise[i : i + 20] for i in range(0, 20 * n, 20)]
+
+
+def _event_id(event_id: str, field: str) -> str:
+    if not event_id:
+        return new_event_ids(1)[0]
+    if len(event_id) > MAX_EVENT_ID_LENGTH:
+        raise invalid(f"{field}: at most {MAX_EVENT_ID_LENGTH} characters, got {len(event_id)}")
+    return event_id
+
+
+@dataclass
+class ParsedRows:
+    """Validated request rows as arrays."""
+
+    event_ids: list[str]
+    customer_ids: list[str]
+    features: np.ndarray  # (N, F) float32
+    eligible: np.ndarray  # (N, A) bool
+    baseline: np.ndarray  # (N,) int, -1 = none
+    return_probabilities: bool
+
+
+def parse_decide(model: ServingModel, req: pb.DecideRequest) -> ParsedRows:
+    if not req.customer_id:
+        raise invalid("customer_id: required (the id outcomes and exports join on)")
+    event_id = _event_id(req.event_id, "event_id")
+    which = req.WhichOneof("features")
+    names = model.feature_names
+    if which is None:
+        raise invalid("features: required: set dense (values in schema order) or named")
+    if which == "dense":
+        values = req.dense.values
+        if len(values) != model.n_features:
+            raise invalid(
+                f"features.dense.values: expected {model.n_features} values in schema order "
+                f"(see GetPolicyInfo.feature_names), got {len(values)}"
+            )
+        features = np.array(values, dtype=np.float32)[None, :]
+        _check_finite(features, names, "features.dense.values")
+    else:
+        named = req.named.values
+        missing = [n for n in names if n not in named]
+        unknown = sorted(k for k in named if k not in model.feature_index)
+        if missing or unknown:
+            raise invalid(
+                f"features.named.values: must hold exactly the schema's {model.n_features} "
+                f"names; missing {missing}, unknown {unknown}"
+            )
+        features = np.array([[named[n] for n in names]], dtype=np.float32)
+        _check_finite(features, names, "features.named.values")
+    elig = req.eligibility if req.HasField("eligibility") else None
+    mask = eligibility_mask(model, elig, "eligibility")
+    baseline = (
+        _action_index(model, req.baseline_action, "baseline_action")
+        if req.HasField("baseline_action")
+        else -1
+    )
+    return ParsedRows(
+        [event_id],
+        [req.customer_id],
+        features,
+        mask[None, :],
+        np.array([baseline]),
+        req.return_probabilities,
+    )
+
+
+def parse_batch(model: ServingModel, req: pb.DecideBatchRequest, max_rows: int) -> ParsedRows:
+    n = len(req.customer_ids)
+    if n == 0:
+        raise invalid("customer_ids: at least one row is required (one customer id per row)")
+    if n > max_rows:
+        raise invalid(f"customer_ids: {n} rows exceed the batch limit of {max_rows}")
+    for i, cid in enumerate(req.customer_ids):
+        if not cid:
+            raise invalid(f"customer_ids[{i}]: required (the id outcomes and exports join on)")
+    f = model.n_features
+    if req.n_features != f:
+        raise invalid(
+            f"n_features: expected {f} (the schema's feature count), got {req.n_features}"
+        )
+    if len(req.features) != n * f:
+        raise invalid(
+            f"features: expected {n} rows x {f} features = {n * f} values, got {len(req.features)}"
+        )
+    features = np.array(req.features, dtype=np.float32).reshape(n, f)
+    names = model.feature_names
+    if req.feature_names:
+        given = list(req.feature_names)
+        if sorted(given) != sorted(names):
+            missing = [x for x in names if x not in given]
+            unknown = [x for x in given if x not in model.feature_index]
+            raise invalid(
+                f"feature_names: must be a permutation of the schema's {f} names; "
+                f"missing {missing}, unknown {unknown}, duplicated "
+                f"{sorted({x for x in given if given.count(x) > 1})}"
+            )
+        ordered = np.empty_like(features)
+        ordered[:, [model.feature_index[x] for x in given]] = features
+        features = ordered
+    _check_finite(features, names, "features")
+    if req.event_ids:
+        if len(req.event_ids) != n:
+            raise invalid(
+                f"event_ids: expected 0 or {n} entries (one per row), got {len(req.event_ids)}"
+            )
+        event_ids = [_event_id(e, f"event_ids[{i}]") for i, e in enumerate(req.event_ids)]
+        if len(set(event_ids)) != n:
+            seen: set[str] = set()
+            dup = next(e for e in event_ids if e in seen or seen.add(e))  # type: ignore[func-returns-value]
+            raise invalid(f"event_ids: must be distinct within a batch; {dup!r} repeats")
+    else:
+        event_ids = new_event_ids(n)
+    which = req.WhichOneof("eligibility")
+    if which == "row_eligibilities":
+        rows = req.row_eligibilities.rows
+        if len(rows) != n:
+            raise invalid(
+                f"row_eligibilities.rows: expected {n} entries (one per row), got {len(rows)}"
+            )
+        mask = np.stack(
+            [eligibility_mask(model, e, f"row_eligibilities.rows[{i}]") for i, e in enumerate(rows)]
+        )
+    else:
+        shared = req.shared_eligibility if which == "shared_eligibility" else None
+        mask = np.broadcast_to(
+            eligibility_mask(model, shared, "shared_eligibility"), (n, model.n_actions)
+        )
+    if req.baseline_actions:
+        if len(req.baseline_actions) != n:
+            raise invalid(
+                f"baseline_actions: expected 0 or {n} entries (one per row), "
+                f"got {len(req.baseline_actions)}"
+            )
+        baseline = np.array(
+            [
+                _action_index(model, a, f"baseline_actions[{i}]")
+                for i, a in enumerate(req.baseline_actions)
+            ]
+        )
+    else:
+        baseline = np.full(n, -1)
+    return ParsedRows(
+        event_ids, list(req.customer_ids), features, mask, baseline, req.return_probabilities
+    )
+
+
+def parse_outcomes(outcomes: Sequence[pb.Outcome], field: str) -> list[OutcomeRecord]:
+    """The outcome reports of a ReportOutcome (``field`` ``outcome``) or ReportOutcomes
+    (``outcomes``) request as records, each checked."""
+    records = []
+    seen: set[str] = set()
+    for i, o in enumerate(outcomes):
+        where = field if len(outcomes) == 1 and field == "outcome" else f"{field}[{i}]"
+        if not o.event_id:
+            raise invalid(f"{where}.event_id: required")
+        if o.event_id in seen:
+            raise invalid(f"{where}.event_id: {o.event_id!r} repeats within the request")
+        seen.add(o.event_id)
+        if not o.HasField("reward"):
+            raise invalid(f"{where}.reward: required (the value the policy learns from)")
+        if not np.isfinite(o.reward):
+            raise invalid(f"{where}.reward: must be finite, got {o.reward}")
+        if o.HasField("spend") and not (np.isfinite(o.spend) and o.spend >= 0):
+            raise invalid(f"{where}.spend: must be finite and >= 0, got {o.spend}")
+        reported = None
+        if o.HasField("reported_at"):
+            reported = _timestamp_us(o.reported_at, f"{where}.reported_at")
+        records.append(
+            OutcomeRecord(
+                event_id=o.event_id,
+                reward=o.reward,
+                purchase=o.purchase if o.HasField("purchase") else None,
+                spend=o.spend if o.HasField("spend") else None,
+                opt_out=o.opt_out if o.HasField("opt_out") else None,
+                reported_at_us=reported,
+            )
+        )
+    return records
+
+
+def _timestamp_us(ts: Timestamp, field: str) -> int:
+    if ts.seconds < 0 or not 0 <= ts.nanos < 1_000_000_000:
+        raise invalid(f"{field}: must be a valid time after 1970-01-01, got {ts}")
+    return ts.seconds * 1_000_000 + ts.nanos // 1000

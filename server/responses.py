@@ -1,0 +1,104 @@
+"""Arrays to responses: the served rows as ``Decision`` messages or packed columns, the
+model reference every response carries, and ``GetPolicyInfo``'s catalog and settings."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cvm_rl.logs.schema import ExplorationMode, LearningMode
+from server.generated.cvm.v1 import decision_pb2 as pb
+from server.model import ServingModel
+
+EXPLORATION_ENUM = {
+    ExplorationMode.EPSILON: pb.EXPLORATION_MODE_EPSILON,
+    ExplorationMode.SOFTMAX: pb.EXPLORATION_MODE_SOFTMAX,
+    ExplorationMode.POLICY: pb.EXPLORATION_MODE_POLICY,
+}
+LEARNING_ENUM = {
+    LearningMode.ONLINE: pb.LEARNING_MODE_ONLINE,
+    LearningMode.APPRENTICE: pb.LEARNING_MODE_APPRENTICE,
+}
+
+
+@dataclass
+class Served:
+    """What a request is answered with, per row (replays already substituted)."""
+
+    event_ids: list[str]
+    customer_ids: list[str]
+    action: np.ndarray
+    propensity: np.ndarray
+    explored: np.ndarray
+    source: np.ndarray  # DecisionSource codes
+    probabilities: np.ndarray  # (N, A)
+
+    def fill_messages(
+        self, add: Callable[..., pb.Decision], model: ServingModel, with_probabilities: bool
+    ) -> None:
+        """One Decision per row through ``add`` (a repeated field's ``add``)."""
+        actions = _action_protos(tuple(model.actions))
+        columns = zip(
+            self.event_ids,
+            self.customer_ids,
+            self.action.tolist(),
+            self.propensity.tolist(),
+            self.explored.tolist(),
+            self.source.tolist(),
+            strict=True,
+        )
+        for i, (event_id, customer_id, a, p, x, source) in enumerate(columns):
+            decision = add(
+                event_id=event_id,
+                customer_id=customer_id,
+                action=actions[a],
+                action_index=a,
+                propensity=p,
+                explored=x,
+                source=source,
+            )
+            if with_probabilities:
+                decision.probabilities.extend(self.probabilities[i].tolist())
+
+    def fill_packed(self, packed: pb.PackedDecisions, with_probabilities: bool) -> None:
+        """The rows as columns: a few list copies instead of a message per row."""
+        packed.event_ids.extend(self.event_ids)
+        packed.action_indices.extend(self.action.tolist())
+        packed.propensities.extend(self.propensity.tolist())
+        packed.explored.extend(self.explored.tolist())
+        packed.sources.extend(self.source.tolist())
+        if with_probabilities:
+            packed.probabilities.extend(self.probabilities.ravel().tolist())
+
+
+@functools.lru_cache(maxsize=16)
+def _action_protos(actions: tuple[tuple[str, str], ...]) -> list[pb.Action]:
+    """The catalog as Action messages, built once per catalog."""
+    return [pb.Action(offer_id=o, channel=c) for o, c in actions]
+
+
+def model_ref(model: ServingModel) -> pb.ModelRef:
+    return pb.ModelRef(model_id=model.model_id, model_version=model.version)
+
+
+def policy_info(model: ServingModel) -> pb.GetPolicyInfoResponse:
+    e = model.exploration
+    exploration = pb.ExplorationSettings(
+        mode=EXPLORATION_ENUM[e.mode], learning_mode=LEARNING_ENUM[e.learning_mode]
+    )
+    if e.mode == ExplorationMode.EPSILON:
+        exploration.epsilon = e.param
+    elif e.mode == ExplorationMode.SOFTMAX:
+        exploration.temperature = e.param
+    return pb.GetPolicyInfoResponse(
+        model=model_ref(model),
+        actions=[
+            pb.CatalogAction(index=i, name=name, action=pb.Action(offer_id=o, channel=c))
+            for i, (name, (o, c)) in enumerate(zip(model.action_names, model.actions, strict=True))
+        ],
+        feature_names=model.feature_names,
+        exploration=exploration,
+    )
