@@ -9,6 +9,7 @@ from cvm_rl.policies.bandits import (
 from cvm_rl.policies.base import Policy, sample_actions
 from cvm_rl.policies.baselines import (
     DEFAULT_RULES,
+    EpsilonMixturePolicy,
     ExplorationPolicy,
     NoContactPolicy,
     RandomPolicy,
@@ -22,6 +23,7 @@ from cvm_rl.policies.mlp import MLPPolicy
 __all__ = [
     "DEFAULT_RULES",
     "EpsilonGreedyPolicy",
+    "EpsilonMixturePolicy",
     "ExplorationPolicy",
     "FeatureTransform",
     "GreedyUpliftPolicy",

@@ -146,3 +146,30 @@ class ExplorationPolicy(Policy):
         probs = contacts * ((1.0 - share) / np.maximum(n_contacts, 1))
         probs[:, 0] = share[:, 0]
         return probs
+
+
+class EpsilonMixturePolicy(Policy):
+    """``(1 - epsilon) * base + epsilon * uniform over the eligible actions``: a logging policy
+    that mostly follows ``base`` and gives every eligible action some probability (the
+    support off-policy evaluation needs). Its name is ``{base.name}+eps{epsilon}``."""
+
+    def __init__(
+        self, scenario: Scenario, base: Policy, epsilon: float, *, seed: int | None = None
+    ) -> None:
+        super().__init__(scenario, seed=seed)
+        if base.feature_names != self.feature_names or base.n_actions != self.n_actions:
+            raise ValueError("base: its features or actions differ from the scenario's")
+        self.base = base
+        self.epsilon = check_number("epsilon", epsilon, low=0.0, strict=False, high=1.0)
+        self.name = f"{base.name}+eps{self.epsilon:g}"
+        self.monte_carlo_probabilities = base.monte_carlo_probabilities
+
+    def seed(self, seed: int | None) -> None:
+        super().seed(seed)
+        self.base.seed(seed)
+
+    def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        uniform = mask / mask.sum(axis=1, keepdims=True)
+        return (1.0 - self.epsilon) * self.base.action_probabilities(obs, mask) + (
+            self.epsilon * uniform
+        )
