@@ -202,8 +202,8 @@ def parse_batch(model: ServingModel, req: pb.DecideBatchRequest, max_rows: int) 
             )
         event_ids = [_event_id(e, f"event_ids[{i}]") for i, e in enumerate(req.event_ids)]
         if len(set(event_ids)) != n:
-            seen: set[str] = set()
-            dup = next(e for e in event_ids if e in seen or seen.add(e))  # type: ignore[func-returns-value]
+            first_seen: dict[str, int] = {}
+            dup = next(e for i, e in enumerate(event_ids) if first_seen.setdefault(e, i) != i)
             raise invalid(f"event_ids: must be distinct within a batch; {dup!r} repeats")
     else:
         event_ids = new_event_ids(n)

@@ -89,10 +89,8 @@ def seeds_from_args(args: argparse.Namespace) -> list[int]:
     return list(range(args.seed_start, args.seed_start + args.seeds))
 
 
-def add_scenario_argument(parser: argparse.ArgumentParser, **kwargs: object) -> None:
-    options: dict[str, object] = {"default": "default", "help": "built-in name or TOML path"}
-    options.update(kwargs)
-    parser.add_argument("--scenario", **options)  # type: ignore[arg-type]
+def add_scenario_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", default="default", help="built-in name or TOML path")
 
 
 def bundle_dir(path: str | Path) -> Path:
