@@ -65,8 +65,8 @@ def plot_policy_values(
     ax.barh(
         y,
         means,
-        xerr=_yerr(means, bounds),
-        color=_colours(names),
+        xerr=error_bar_lengths(means, bounds),
+        color=policy_colours(names),
         height=0.6,
         capsize=4,
         error_kw={"elinewidth": 1.2},
@@ -136,13 +136,13 @@ def plot_value_by_group(
     fig, ax = _figure((max(7.0, 1.4 * len(keep) + 2.5), 4.8))
     x = np.arange(len(keep))
     width = 0.8 / len(results)
-    colours = _colours([r.policy for r in results])
+    colours = policy_colours([r.policy for r in results])
     for p, r in enumerate(results):
         ax.bar(
             x + (p - (len(results) - 1) / 2) * width,
             means[p, keep],
             width,
-            yerr=_yerr(means[p, keep], bounds[p, keep]),
+            yerr=error_bar_lengths(means[p, keep], bounds[p, keep]),
             capsize=3,
             color=colours[p],
             label=r.policy,
@@ -260,7 +260,7 @@ def plot_learning_curves(
         raise ValueError(f"band: expected one of ['minmax', 'ci95', 'none'], got {band!r}")
     out = _png_path(path)
     fig, ax = _figure((8.5, 4.8))
-    colours = _colours(list(curves))
+    colours = policy_colours(list(curves))
     for colour, (label, runs) in zip(colours, curves.items(), strict=True):
         steps, values = _align_runs(label, runs)
         mean = values.mean(axis=0)
@@ -275,7 +275,7 @@ def plot_learning_curves(
             ax.fill_between(steps, low, high, color=colour, alpha=0.2, lw=0)
     for (name, level), colour in zip(
         (references or {}).items(),
-        _colours(list(references or {}), offset=len(curves)),
+        policy_colours(list(references or {}), offset=len(curves)),
         strict=True,
     ):
         ax.axhline(level, color=colour, ls="--", lw=1.2, label=f"{name}: {level:.2f}")
@@ -322,7 +322,7 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _colours(names: Sequence[str], offset: int = 0) -> list[str]:
+def policy_colours(names: Sequence[str], offset: int = 0) -> list[str]:
     colours, k = [], offset
     for name in names:
         if name in _FIXED_COLOURS:
@@ -341,7 +341,7 @@ def _group_palette(n: int, last_is_no_contact: bool) -> list[Any]:
     return palette
 
 
-def _yerr(means: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+def error_bar_lengths(means: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """(2, n) non-negative distances from the means to the interval ends (0 where NaN)."""
     err = np.stack([means - bounds[:, 0], bounds[:, 1] - means])
     return np.nan_to_num(np.clip(err, 0.0, None))

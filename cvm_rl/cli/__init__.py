@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "calibrate",
     "scenario",
     "logs",
+    "ope",
     "serve",
 )
 """Command modules of this package, in the order ``cvm --help`` lists them."""
@@ -35,6 +36,7 @@ _INPUT_ERRORS = (
     ("simulator.config", "ScenarioError"),
     ("cvm_rl.bundle", "BundleError"),
     ("cvm_rl.logs.records", "DecisionLogError"),
+    ("cvm_rl.ope.evaluate", "OpeInputError"),
 )
 """Errors that describe bad input (a scenario, a bundle, a log), not a bug: printed like a
 CliError. Looked up among loaded modules only, so checking costs no import."""

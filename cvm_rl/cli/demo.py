@@ -2,22 +2,33 @@
 
 Trains LinUCB and a short MaskablePPO run, evaluates them beside the baselines, the greedy
 uplift model and the oracle on held-out customers, writes bundles, ``evaluation.json`` and
-plots, then serves the MaskablePPO bundle with ``cvm serve`` to a simulated campaign engine
-(a client of the service), stops the server with SIGTERM and exports the decision log.
+plots. Then it runs the current campaign as a campaign team would: the rule-based policy,
+saved as a bundle, served by ``cvm serve`` with epsilon exploration (so the log supports
+off-policy evaluation) to a simulated campaign engine (a client of the service) for 2,000
+customers x 52 weeks; stops the server with SIGTERM, exports the decision log, and ends with
+``cvm ope report``: the trained bundles (and the rules bundle itself) evaluated off-policy
+against the served campaign, in ``ope/report.html``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cvm_rl.cli.common import add_seed_arguments, needs_extra, positive_int, seeds_from_args
 
 NAME = "demo"
-HELP = "the main job: train, evaluate, save bundles and plots, serve the PPO bundle"
+HELP = (
+    "the main job: train, evaluate, save bundles and plots, serve the rules campaign, "
+    "evaluate the trained bundles off-policy on its log"
+)
 DEMO_PPO_STEPS = 3_000_000
+CAMPAIGN_CUSTOMERS = 2_000
+CAMPAIGN_WEEKS = 52
+CAMPAIGN_EPSILON = 0.1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,11 +76,44 @@ def run(args: argparse.Namespace) -> int:
         json_path=out / "evaluation.json",
         plots_dir=out / "plots",
     )
-    # The serving leg: the decision service on the trained bundle, a simulated campaign
-    # engine deciding and reporting outcomes through the client, then a clean stop.
-    print(f"[serve] starting cvm serve on {out / 'maskable_ppo' / 'bundle'}")
-    summary = run_serving_demo(out / "maskable_ppo" / "bundle", out / "serve")
+    # The serving leg: the current campaign (the rules, as a bundle) served with epsilon
+    # exploration, a simulated campaign engine deciding and reporting outcomes through the
+    # client for a year, then a clean stop and the export.
+    from cvm_rl.bundle import save_bundle
+    from cvm_rl.cli.ope import summary_lines, write_ope_report
+    from cvm_rl.policies import RuleBasedPolicy
+    from simulator.config import load_scenario
+
+    rules = save_bundle(
+        RuleBasedPolicy(load_scenario("default")),
+        out / "rules" / "bundle",
+        algo="rules",
+        training_config={},
+    )
+    print(
+        f"[serve] starting cvm serve on {rules} with epsilon {CAMPAIGN_EPSILON:g} exploration "
+        f"for {CAMPAIGN_CUSTOMERS:,} customers x {CAMPAIGN_WEEKS} weeks"
+    )
+    summary = run_serving_demo(
+        rules,
+        out / "serve",
+        customers=CAMPAIGN_CUSTOMERS,
+        weeks=CAMPAIGN_WEEKS,
+        serve_args=["--exploration", "epsilon", "--epsilon", str(CAMPAIGN_EPSILON)],
+    )
     print(format_summary(summary))
+    # The trained bundles against the served campaign, from its log alone; the rules bundle
+    # is the campaign without its exploration.
+    started = time.perf_counter()
+    written = write_ope_report(
+        logs=summary.parquet_dir,
+        policies=[out / "maskable_ppo", out / "linucb", rules],
+        out=out / "ope",
+        show_progress=not args.no_progress,
+    )
+    for line in summary_lines(written):
+        print(f"[ope] {line}")
+    print(f"[ope] {time.perf_counter() - started:.1f} s")
     return 0 if summary.exit_code == 0 and summary.replay_identical else 1
 
 
@@ -99,9 +143,11 @@ def run_serving_demo(
     customers: int = 1_000,
     weeks: int = 4,
     seed: int = 2026,
+    serve_args: Sequence[str] = (),
 ) -> ServingDemoSummary:
-    """Serve ``bundle_dir``, run ``weeks`` of decisions and outcomes for ``customers``
-    simulated customers, stop the server with SIGTERM and export the log to Parquet."""
+    """Serve ``bundle_dir`` (``serve_args``: more ``cvm serve`` options, e.g. exploration),
+    run ``weeks`` of decisions and outcomes for ``customers`` simulated customers, stop the
+    server with SIGTERM and export the log to Parquet."""
     from cvm_rl.bundle import load_bundle
     from cvm_rl.cli.process import serve_process
     from cvm_rl.logs.export import export_parquet
@@ -116,7 +162,8 @@ def run_serving_demo(
     for suffix in ("", "-wal", "-shm"):
         Path(f"{log_path}{suffix}").unlink(missing_ok=True)
     bundle = load_bundle(bundle_dir)
-    with serve_process(["--bundle", str(bundle_dir), "--log", str(log_path)], out) as server:
+    args = ["--bundle", str(bundle_dir), "--log", str(log_path), *serve_args]
+    with serve_process(args, out) as server:
         port = server.port
         with DecisionClient(server.target) as client:
             model_id = client.policy_info().model_id

@@ -426,7 +426,7 @@ def _check_within(values: np.ndarray, low: float, high: float, name: str) -> Non
 # --- shared bootstrap ------------------------------------------------------------------------
 
 
-def _stack_terms(
+def stack_terms(
     estimators: Sequence[BaseOffPolicyEstimator], inputs: BanditInputs
 ) -> tuple[np.ndarray, list[list[tuple[int, int | None]]]]:
     """The distinct term vectors of all ``estimators`` as rows of one (k, n) matrix (they share
@@ -465,7 +465,7 @@ def bootstrap_replicates(
     check_n_bootstrap(n_bootstrap)
     for estimator in estimators:
         estimator.check_inputs(inputs)
-    stacked, plans = _stack_terms(estimators, inputs)
+    stacked, plans = stack_terms(estimators, inputs)
     replicates = np.zeros((len(estimators), n_bootstrap))
     start = 0
     # A resample in which the target's weights all vanish gives 0/0: a NaN replicate, which

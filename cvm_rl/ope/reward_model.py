@@ -111,6 +111,25 @@ class CrossFittedRewardModel:
 
         return boosting
 
+    def fit(
+        self, features: np.ndarray, action: np.ndarray, reward: np.ndarray, n_actions: int
+    ) -> RewardPredictor:
+        """One model fitted on all the rows, without cross-fitting: for predicting rows it
+        never saw (a log streamed past the sample the model was fitted on)."""
+        x = np.asarray(features, dtype=np.float64)
+        reward = check_reward(reward)
+        check_same_length(features=x, action=np.asarray(action), reward=reward)
+        action = check_action(np.asarray(action), n_actions)
+        return _fit_predictor(
+            x,
+            action,
+            reward,
+            n_actions,
+            self.factory(x.shape[1]),
+            self.regressor == "ridge",
+            np.random.default_rng(self.seed),
+        )
+
     def fit_predict(
         self, features: np.ndarray, action: np.ndarray, reward: np.ndarray, n_actions: int
     ) -> RewardModelFit:
@@ -126,6 +145,57 @@ class CrossFittedRewardModel:
             seed=self.seed,
             name=self.regressor,
         )
+
+
+RewardPredictor = Callable[[np.ndarray], np.ndarray]
+"""Features (m, F) -> predicted rewards of every action (m, n_actions)."""
+
+
+def _fit_predictor(
+    x: np.ndarray,
+    action: np.ndarray,
+    reward: np.ndarray,
+    n_actions: int,
+    make_regressor: RegressorFactory,
+    per_action: bool,
+    rng: np.random.Generator,
+) -> RewardPredictor:
+    """Fit on the given rows (one model per action, or one on features plus the action) and
+    return the predictor; each model's seed is drawn from ``rng``, in action order."""
+    if per_action:
+        fitted: list[Regressor | float] = []
+        for a in range(n_actions):
+            rows = action == a
+            if not rows.any():  # the action never logged in these rows: predict their mean
+                fitted.append(float(reward.mean()))
+                continue
+            model = make_regressor(int(rng.integers(2**31 - 1)))
+            model.fit(x[rows], reward[rows])
+            fitted.append(model)
+
+        def per_action_predict(features: np.ndarray) -> np.ndarray:
+            out = np.empty((len(features), n_actions))
+            for a, model_or_mean in enumerate(fitted):
+                out[:, a] = (
+                    model_or_mean
+                    if isinstance(model_or_mean, float)
+                    else model_or_mean.predict(features)
+                )
+            return out
+
+        return per_action_predict
+    model = make_regressor(int(rng.integers(2**31 - 1)))
+    model.fit(np.column_stack([x, action]), reward)
+
+    def joint_predict(features: np.ndarray) -> np.ndarray:
+        out = np.empty((len(features), n_actions))
+        column = np.empty((len(features), 1))
+        for a in range(n_actions):
+            column.fill(a)
+            out[:, a] = model.predict(np.hstack([features, column]))
+        return out
+
+    return joint_predict
 
 
 def _check_n_folds(n_folds: int) -> int:
@@ -176,23 +246,10 @@ def cross_fit(
     for k in range(n_folds):
         held_out = fold == k
         train = ~held_out
-        x_out = x[held_out]
-        if per_action:
-            for a in range(n_actions):
-                rows = train & (action == a)
-                if not rows.any():  # the action never logged in the training folds
-                    estimated[held_out, a] = reward[train].mean()
-                    continue
-                model = make_regressor(int(rng.integers(2**31 - 1)))
-                model.fit(x[rows], reward[rows])
-                estimated[held_out, a] = model.predict(x_out)
-        else:
-            model = make_regressor(int(rng.integers(2**31 - 1)))
-            model.fit(np.column_stack([x[train], action[train]]), reward[train])
-            column = np.empty((len(x_out), 1))
-            for a in range(n_actions):
-                column.fill(a)
-                estimated[held_out, a] = model.predict(np.hstack([x_out, column]))
+        predict = _fit_predictor(
+            x[train], action[train], reward[train], n_actions, make_regressor, per_action, rng
+        )
+        estimated[held_out] = predict(x[held_out])
 
     predicted = estimated[np.arange(n), action]
     sse = float(np.sum((reward - predicted) ** 2))

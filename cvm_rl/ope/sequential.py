@@ -172,7 +172,11 @@ class SequentialEstimator(ABC):
     def _replicates(self, trajectories: Trajectories, action_dist: np.ndarray) -> Replicates:
         """The estimate as a function of customer multiplicities, on validated inputs."""
 
-    def _prepare(self, trajectories: Trajectories, action_dist: np.ndarray) -> Replicates:
+    def replicates(self, trajectories: Trajectories, action_dist: np.ndarray) -> Replicates:
+        """The estimate as a function of customer multiplicities (b, n) -> (b,), nuisance
+        models fitted once: at all-ones it is the point estimate, on
+        :func:`~cvm_rl.ope.intervals.bootstrap_multiplicities` the bootstrap replicates. Lets
+        a caller pair it with another statistic (the logged return) on the same resamples."""
         if not isinstance(trajectories, Trajectories):
             raise ValueError(
                 f"trajectories must be a Trajectories, got {type(trajectories).__name__}"
@@ -186,7 +190,7 @@ class SequentialEstimator(ABC):
     def estimate_policy_value(self, trajectories: Trajectories, action_dist: np.ndarray) -> float:
         """The estimated value per customer of the policy whose distribution at each logged
         step is ``action_dist`` (n, H, A), e.g. ``trajectories.target_probabilities(p)``."""
-        replicates = self._prepare(trajectories, action_dist)
+        replicates = self.replicates(trajectories, action_dist)
         return float(replicates(np.ones((1, trajectories.n_customers)))[0])
 
     def estimate_interval(
@@ -203,7 +207,7 @@ class SequentialEstimator(ABC):
         a step zero in the resample) are dropped."""
         alpha = check_alpha(alpha)
         check_n_bootstrap(n_bootstrap)
-        replicates = self._prepare(trajectories, action_dist)
+        replicates = self.replicates(trajectories, action_dist)
         n = trajectories.n_customers
         estimate = float(replicates(np.ones((1, n)))[0])
         draws = np.concatenate(
