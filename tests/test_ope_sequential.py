@@ -313,6 +313,12 @@ def _hand_reference() -> dict[str, float]:
     def previous(i: int, t: int) -> float:
         return 1.0 if t == 0 else weight[i][t - 1]
 
+    def marginal(i: int, t: int) -> float:
+        return ratio[i, t] * rho[i][t]
+
+    def previous_marginal(i: int, t: int) -> float:
+        return 1.0 if t == 0 else marginal(i, t - 1)
+
     def reward(i: int, t: int) -> float:
         return HAND_STEPS[i][t][3]
 
@@ -341,11 +347,11 @@ def _hand_reference() -> dict[str, float]:
         "mis": step_ratio(
             lambda i, t: (ratio[i, t] * rho[i][t] * reward(i, t), ratio[i, t] * rho[i][t])
         ),
-        "mdr": per_customer(lambda i, t: ratio[i, t] * (rho[i][t] * residual(i, t) + value[t][i])),
-        "wmdr": step_ratio(
-            lambda i, t: (ratio[i, t] * rho[i][t] * residual(i, t), ratio[i, t] * rho[i][t])
-        )
-        + step_ratio(lambda i, t: (ratio[i, t] * value[t][i], ratio[i, t])),
+        "mdr": per_customer(
+            lambda i, t: marginal(i, t) * residual(i, t) + previous_marginal(i, t) * value[t][i]
+        ),
+        "wmdr": step_ratio(lambda i, t: (marginal(i, t) * residual(i, t), marginal(i, t)))
+        + step_ratio(lambda i, t: (previous_marginal(i, t) * value[t][i], previous_marginal(i, t))),
     }
 
 
@@ -511,3 +517,47 @@ def test_bad_call_arguments_are_named(small_log: Trajectories) -> None:
         small_log.target_probabilities(OraclePolicy(SCENARIO))
     with pytest.raises(ValueError, match="weeks must be <= the scenario's horizon"):
         Trajectories.from_rollout(_logger(0.3), SCENARIO, n_customers=5, seed=0, weeks=53)
+
+
+# --- double robustness of the marginalized DR estimators ----------------------------------------
+def _two_state_log(n: int, horizon: int, seed: int) -> tuple[Trajectories, np.ndarray, float]:
+    """Two states (one-hot observations), two actions: action 1 leads to state 1 with
+    probability 0.9, action 0 with 0.1; reward 1 in state 1. Uniform logger; the target
+    always takes action 1, so its value is 0.5 + 0.9 (H - 1) (the logger's is H / 2)."""
+    rng = np.random.default_rng(seed)
+    state = rng.integers(0, 2, n)
+    obs = np.zeros((n, horizon, 2))
+    action = np.zeros((n, horizon), dtype=np.int64)
+    reward = np.zeros((n, horizon))
+    for t in range(horizon):
+        obs[np.arange(n), t, state] = 1.0
+        action[:, t] = rng.integers(0, 2, n)
+        reward[:, t] = state
+        state = (rng.random(n) < np.where(action[:, t] == 1, 0.9, 0.1)).astype(np.int64)
+    traj = Trajectories(
+        obs=obs,
+        mask=np.ones((n, horizon, 2), dtype=bool),
+        action=action,
+        pscore=np.full((n, horizon), 0.5),
+        reward=reward,
+        valid=np.ones((n, horizon), dtype=bool),
+        customer_id=np.arange(n),
+    )
+    target = np.zeros((n, horizon, 2))
+    target[..., 1] = 1.0
+    return traj, target, 0.5 + 0.9 * (horizon - 1)
+
+
+@pytest.mark.parametrize("cls", [MarginalizedDoublyRobust, WeightedMarginalizedDoublyRobust])
+def test_marginalized_dr_is_right_when_q_is_right_and_the_ratios_wrong(
+    cls: type[MarginalizedDoublyRobust], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kallus & Uehara's form telescopes when Q is right, whatever the state ratios: with
+    tabular features and no ridge penalty FQE's Q is right here, the ratios deliberately
+    wrong. (Weighting V_t by w_t(s_t) instead converges to 1.5, the truth being 2.3.)"""
+    traj, target, truth = _two_state_log(20_000, 3, seed=0)
+    # The logger's own state ratios (all 1), not the target's.
+    monkeypatch.setattr(cls, "state_ratios", lambda self, t, d: np.ones(t.valid.shape))
+    tabular = {"feature_map": lambda x: x, "ridge_alpha": 1e-6}
+    estimate = cls(**tabular).estimate_policy_value(traj, target)
+    assert estimate == pytest.approx(truth, abs=0.03)

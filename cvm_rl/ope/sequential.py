@@ -698,11 +698,14 @@ class MarginalizedIS(_CrossFitted):
 class MarginalizedDoublyRobust(MarginalizedIS):
     """Marginalized doubly robust (MDR), with MIS's state ratios and FQE's Q (both
     cross-fitted on the same folds):
-    V = 1/n sum_i sum_t gamma^t [w_t(s_it) rho_it (r_it - Q_t(s_it, a_it)) + w_t(s_it) V_t(s_it)].
+    V = 1/n sum_i sum_t gamma^t [mu_it (r_it - Q_t(s_it, a_it)) + mu_i,t-1 V_t(s_it)],
+    mu_it = w_t(s_it) rho_it (the marginal state-action ratio), mu_i,-1 = 1.
 
-    Sequential DR with W_t replaced by w_t(s_t) rho_t and W_t-1 by w_t(s_t); consistent if
-    either the ratios or Q are right. Kallus & Uehara 2020 (Double Reinforcement Learning for
-    Efficient Off-Policy Evaluation in MDPs)."""
+    Sequential DR with W_t replaced by mu_t. Weighting V_t by the previous step's mu (not by
+    w_t(s_t), which has the same expectation when the ratios are right) makes the sum
+    telescope when Q is right, so the estimate is consistent if either the ratios or Q are
+    right. Kallus & Uehara 2020 (Double Reinforcement Learning for Efficient Off-Policy
+    Evaluation in MDPs)."""
 
     q_model: RegressorName = "ridge"
 
@@ -723,16 +726,19 @@ class MarginalizedDoublyRobust(MarginalizedIS):
         residual = trajectories.reward - fitted.q_logged
         valid = trajectories.valid
         discounts = self.discounts(trajectories.horizon)
+        marginal = state * ratios
+        # Padding sits at the end of a trajectory, so a valid step's previous step is valid.
+        previous = np.concatenate([np.ones((len(marginal), 1)), marginal[:, :-1]], axis=1)
         if not type(self).self_normalized:
-            per_step = state * (ratios * residual + fitted.v_target)
+            per_step = marginal * residual + previous * fitted.v_target
             return _mean_of_terms(np.where(valid, per_step, 0.0) @ discounts)
 
         def replicates(multiplicities: np.ndarray) -> np.ndarray:
             correction = _self_normalized_steps(
-                multiplicities, state * ratios, residual, valid, discounts
+                multiplicities, marginal, residual, valid, discounts
             )
             baseline = _self_normalized_steps(
-                multiplicities, state, fitted.v_target, valid, discounts
+                multiplicities, previous, fitted.v_target, valid, discounts
             )
             return correction + baseline
 
@@ -742,8 +748,8 @@ class MarginalizedDoublyRobust(MarginalizedIS):
 @dataclass(frozen=True)
 class WeightedMarginalizedDoublyRobust(MarginalizedDoublyRobust):
     """MDR with each step's weights self-normalized, as WDR is to DR:
-    V = sum_t gamma^t [sum_i u_it (r_it - Q_t(s_it, a_it)) / sum_i u_it
-    + sum_i w_t(s_it) V_t(s_it) / sum_i w_t(s_it)], u_it = w_t(s_it) rho_it
+    V = sum_t gamma^t [sum_i mu_it (r_it - Q_t(s_it, a_it)) / sum_i mu_it
+    + sum_i mu_i,t-1 V_t(s_it) / sum_i mu_i,t-1], mu_it = w_t(s_it) rho_it, mu_i,-1 = 1
     (times n_t / n with trajectories of different lengths).
 
     The correction term no longer scales with the largest single-step ratio."""
