@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.policies
 	$(BIN)/python -m bench.serve
+	$(BIN)/python -m bench.ope
+	$(BIN)/python -m bench.ope_export
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import time
@@ -41,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.machine import machine_info
 from cvm_rl.ope.base import BanditInputs, BaseOffPolicyEstimator, bootstrap_intervals
 from cvm_rl.ope.diagnostics import diagnose_bandit_feedback
 from cvm_rl.ope.single_step import (
@@ -296,12 +295,7 @@ def main() -> None:
     out.write_text(
         json.dumps(
             {
-                "machine": {
-                    "python": platform.python_version(),
-                    "cpus": os.cpu_count(),
-                    "numpy": np.__version__,
-                    "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
-                },
+                "machine": machine_info(),
                 "args": vars(args),
                 "estimators": [repr(est) for est in ESTIMATORS],
                 "seconds": {

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.training import machine_info
+from bench.machine import machine_info
 from cvm_rl.bundle import load_bundle, save_bundle
 from cvm_rl.policies.bandits import EpsilonGreedyPolicy, LinearBandit, LinTSPolicy, LinUCBPolicy
 from cvm_rl.policies.mlp import MLPPolicy
@@ -257,7 +257,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    machine = machine_info() | {"torch_threads": 1, BLAS_VAR: os.environ.get(BLAS_VAR)}
+    machine = machine_info("torch", "stable_baselines3") | {"torch_threads": 1}
     scenario = load_scenario("default")
     batch = simulated_batch(scenario, args.batch, args.weeks, args.seed)
     model = train_tiny(scenario, args.train_steps, args.seed)

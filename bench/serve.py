@@ -44,7 +44,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -56,6 +55,7 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
+from bench.machine import machine_info
 from bench.policies import simulated_batch
 from cvm_rl.bundle import Bundle, load_bundle, save_bundle
 from cvm_rl.cli.process import ServeProcess, serve_process
@@ -142,21 +142,6 @@ def code_version() -> dict[str, Any]:
     return {
         "commit": git("rev-parse", "HEAD") or None,
         "uncommitted": [line[3:] for line in changed.splitlines()],
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    """Interpreter, cores, the serving stack's versions and the load average."""
-    from google import protobuf
-
-    return {
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "numpy": np.__version__,
-        "grpcio": grpc.__version__,
-        "protobuf": protobuf.__version__,
-        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
-        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -736,7 +721,7 @@ def print_report(result: dict[str, Any]) -> None:
 def run(args: Args) -> dict[str, Any]:
     """Every configuration; returns the JSON-ready result."""
     args.check()
-    machine = machine_info()
+    machine = machine_info("grpc", "google.protobuf")
     with tempfile.TemporaryDirectory(prefix="cvm-bench-serve-") as tmp:
         root = Path(tmp)
         if args.bundle is None:
@@ -757,7 +742,7 @@ def run(args: Args) -> dict[str, Any]:
                 rows += runs
                 if check is not None:
                     checks.append(check)
-    machine["loadavg_1_5_15_after"] = machine_info()["loadavg_1_5_15"]
+    machine["loadavg_1_5_15_after"] = machine_info("grpc", "google.protobuf")["loadavg_1_5_15"]
     return {
         "machine": machine,
         "code": code_version(),

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 import tracemalloc
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.machine import machine_info
 from simulator.core import Population
 from simulator.env import CustomerLifecycleEnv
 from simulator.vector_env import CustomerLifecycleVectorEnv
@@ -117,7 +116,7 @@ def main() -> None:
     out.write_text(
         json.dumps(
             {
-                "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+                "machine": machine_info("gymnasium"),
                 "single_env_steps_per_s": single,
                 "vector": rows,
                 "memory_per_customer": memory,

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 import warnings
@@ -43,6 +41,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from bench.machine import machine_info
 from cvm_rl.policies.features import FeatureTransform
 from cvm_rl.training import TrainConfig, build_model, make_training_env
 from simulator import ENV_ID
@@ -61,21 +60,6 @@ class Args:
     two_threads: bool = True
     seed: int = 0
     out: str = "bench/results/training.json"
-
-
-def machine_info() -> dict[str, Any]:
-    """Interpreter, cores, library versions and the load average (the machine is shared)."""
-    import stable_baselines3
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "stable_baselines3": stable_baselines3.__version__,
-        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def make_dummy_env(config: TrainConfig, scenario: Scenario) -> Any:
@@ -173,7 +157,7 @@ def main() -> None:
     if args.iterations < 1 or args.warmup < 0:
         raise ValueError("iterations must be >= 1 and warmup >= 0")
 
-    machine_before = machine_info()
+    machine_before = machine_info("torch", "stable_baselines3")
     scenario = load_scenario("default")
     rows: list[dict[str, Any]] = []
     for algo in args.algos:

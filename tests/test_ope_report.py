@@ -24,18 +24,13 @@ from cvm_rl.logs.export import MODELS_FILE, export_parquet
 from cvm_rl.logs.schema import now_us
 from cvm_rl.logs.simulated import simulate_to_log
 from cvm_rl.logs.store import DecisionLog
-from cvm_rl.ope.evaluate import (
-    LOGGER_CHECK,
-    CandidateError,
-    LogInputError,
-    OpeInputError,
-    OpeResult,
-    evaluate_candidates,
-    evaluate_export_streaming,
-    format_number,
-    load_log,
-)
+from cvm_rl.ope.candidates import LOGGER_CHECK
+from cvm_rl.ope.evaluate import evaluate_candidates
+from cvm_rl.ope.formatting import format_number
+from cvm_rl.ope.inputs import CandidateError, LogInputError, OpeInputError, load_log
 from cvm_rl.ope.report import write_report
+from cvm_rl.ope.results import OpeResult
+from cvm_rl.ope.streaming import evaluate_export_streaming
 from cvm_rl.policies import EpsilonMixturePolicy, NoContactPolicy, Policy, RuleBasedPolicy
 from simulator.config import load_scenario
 

@@ -36,7 +36,7 @@ _INPUT_ERRORS = (
     ("simulator.config", "ScenarioError"),
     ("cvm_rl.bundle", "BundleError"),
     ("cvm_rl.logs.records", "DecisionLogError"),
-    ("cvm_rl.ope.evaluate", "OpeInputError"),
+    ("cvm_rl.ope.inputs", "OpeInputError"),
 )
 """Errors that describe bad input (a scenario, a bundle, a log), not a bug: printed like a
 CliError. Looked up among loaded modules only, so checking costs no import."""

@@ -36,13 +36,14 @@ from cvm_rl.cli.common import (
 
 if TYPE_CHECKING:
     from cvm_rl.bundle import Bundle
-    from cvm_rl.ope.evaluate import OpeResult, ProgressCallback
+    from cvm_rl.ope.evaluate import ProgressCallback
     from cvm_rl.ope.report import ReportPaths
+    from cvm_rl.ope.results import OpeResult
     from cvm_rl.ope.reward_model import RegressorKind
 
 HELP = "off-policy evaluation of bundles on a decision log, as an HTML report"
 DEFAULT_MAX_ROWS = (
-    1_000_000  # cvm_rl.ope.evaluate.DEFAULT_MAX_ROWS (not imported: --help stays light)
+    1_000_000  # cvm_rl.ope.inputs.DEFAULT_MAX_ROWS (not imported: --help stays light)
 )
 
 
@@ -136,7 +137,8 @@ class WrittenReport:
 def summary_lines(written: WrittenReport) -> list[str]:
     """Where the report is, what the logger earned, each candidate's primary lifts and
     verdict, and the recommendation."""
-    from cvm_rl.ope.evaluate import SINGLE_STEP_PRIMARY, format_interval
+    from cvm_rl.ope.estimators import SINGLE_STEP_PRIMARY
+    from cvm_rl.ope.formatting import format_interval
 
     result = written.result
     logger = result.logger
@@ -193,16 +195,16 @@ def write_ope_report(
 
         from cvm_rl.ope import report as report_module
     from cvm_rl.bundle import load_bundle
-    from cvm_rl.ope.evaluate import (
+    from cvm_rl.ope.evaluate import evaluate_candidates
+    from cvm_rl.ope.inputs import (
         CandidateError,
         LogInputError,
         count_export_rows,
         detect_log_kind,
-        evaluate_candidates,
-        evaluate_export_streaming,
         load_log,
     )
     from cvm_rl.ope.reward_model import CrossFittedRewardModel
+    from cvm_rl.ope.streaming import evaluate_export_streaming
 
     if not 0 < alpha < 1:
         raise CliError(f"--alpha: must be in (0, 1), got {alpha}")
@@ -285,7 +287,8 @@ def _check_bundles(
 ) -> None:
     """Each bundle's features and actions are the log's (each of its models'), or a
     CandidateError naming the bundle and the first difference."""
-    from cvm_rl.ope.evaluate import CandidateError, schema_mismatch
+    from cvm_rl.ope.candidates import schema_mismatch
+    from cvm_rl.ope.inputs import CandidateError
 
     for bundle in bundles.values():
         for features, actions in schemas:

@@ -25,16 +25,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 
-from cvm_rl.ope.evaluate import (
-    LONG_RUN_ESS_COLLAPSE,
-    SINGLE_STEP_PRIMARY,
-    CandidateResult,
-    Estimate,
-    GroupValue,
-    OpeResult,
-    format_interval,
-    format_number,
-)
+from cvm_rl.ope.estimators import SINGLE_STEP_PRIMARY
+from cvm_rl.ope.formatting import format_interval, format_number
+from cvm_rl.ope.long_run import LONG_RUN_ESS_COLLAPSE
+from cvm_rl.ope.results import CandidateResult, Estimate, GroupValue, OpeResult
 from cvm_rl.plots import DPI, error_bar_lengths, policy_colours
 
 HTML_FILE = "report.html"
