@@ -28,8 +28,13 @@ from cvm_rl.ope.candidates import LOGGER_CHECK
 from cvm_rl.ope.evaluate import evaluate_candidates
 from cvm_rl.ope.formatting import format_number
 from cvm_rl.ope.inputs import CandidateError, LogInputError, OpeInputError, load_log
+from cvm_rl.ope.long_run import (
+    LONG_RUN_ESS_COLLAPSE,
+    long_run_primary,
+    long_run_warnings,
+)
 from cvm_rl.ope.report import write_report
-from cvm_rl.ope.results import OpeResult
+from cvm_rl.ope.results import LongRunDiagnostics, OpeResult
 from cvm_rl.ope.streaming import evaluate_export_streaming
 from cvm_rl.policies import EpsilonMixturePolicy, NoContactPolicy, Policy, RuleBasedPolicy
 from simulator.config import load_scenario
@@ -500,3 +505,32 @@ def test_cli_streams_a_large_export_single_step(
     written = json.loads((out / "report.json").read_text())
     assert written["data"]["streamed"] is True
     assert written["candidates"][0]["long_run"] == []
+
+
+def _long_run_diagnostics(cumulative: list[float], marginal: list[float]) -> LongRunDiagnostics:
+    below = [t + 1 for t, share in enumerate(cumulative) if share < LONG_RUN_ESS_COLLAPSE]
+    return LongRunDiagnostics(
+        ess_share_by_step=tuple(cumulative),
+        marginal_ess_share_by_step=tuple(marginal),
+        min_ess_share=min(cumulative),
+        collapse_step=below[0] if below else None,
+        final_max_weight=1.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("cumulative", "marginal", "primary", "warnings", "reason"),
+    [
+        ([1.0, 0.5, 0.1], [1.0, 0.9, 0.8], "dr", 0, "sequential DR"),
+        ([1.0, 0.5, 0.09], [1.0, 0.9, 0.8], "mis", 1, "below 10% of the customers at week 3"),
+        ([1.0, 0.05, 0.01], [1.0, 0.09, 0.5], "mis", 2, "marginalized weights fall below"),
+    ],
+)
+def test_the_long_run_primary_follows_the_weights_effective_sample_size(
+    cumulative: list[float], marginal: list[float], primary: str, warnings: int, reason: str
+) -> None:
+    diagnostics = _long_run_diagnostics(cumulative, marginal)
+    chosen, why = long_run_primary(diagnostics)
+    assert chosen == primary
+    assert reason in why
+    assert len(long_run_warnings(diagnostics)) == warnings

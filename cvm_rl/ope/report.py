@@ -356,8 +356,8 @@ def _data_section(result: OpeResult) -> Section:
         "logged propensities are right). Long run, by the effective sample size of the "
         "weights as a share of the customers: sequential DR while the cumulative importance "
         f"weights keep at least {format_number(LONG_RUN_ESS_COLLAPSE)} every week; "
-        "marginalized DR (MDR) once they collapse; weighted marginalized DR (WMDR) when even "
-        "the marginalized weights collapse. The recommended candidate has the highest lower "
+        "marginalized IS (MIS) once they collapse (the most accurate long-run estimator on the "
+        "simulator, experiments/ope_accuracy.py). The recommended candidate has the highest lower "
         "interval bound of its primary lift (long run when evaluated), and is recommended "
         "only if that bound is above 0."
     )
