@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from server_fixtures import make_bundles
 
-from cvm_rl.cli.demo import format_summary, run_serving_demo
+from cvm_rl.cli.demo import format_summary, run_serving_demo, served_returns
 from cvm_rl.logs.export import read_export
 from cvm_rl.logs.store import DecisionLog
 
@@ -37,3 +37,29 @@ def test_serving_demo_round_trip(tmp_path: Path) -> None:
     with DecisionLog(out / "decisions.db") as log:
         assert log.activations()[-1].model_id == summary.model_id
     assert summary.model_id in format_summary(summary)
+    # Each customer's logged return, in the simulator's order: what the demo's simulator
+    # check subtracts from a candidate's run on the same customers.
+    returns = served_returns(summary)
+    assert returns.shape == (40,)
+    np.testing.assert_allclose(returns.sum(), summary.total_reward)
+
+
+@pytest.mark.slow
+def test_the_main_job_runs_end_to_end_and_checks_its_report_against_the_simulator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cvm_rl.cli import main
+
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--ppo-steps", "2048", "--customers", "200"]
+    assert main([*args, "--seeds", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"[ope] report: {out / 'ope' / 'report.html'}" in printed
+    checks = [line for line in printed.splitlines() if line.startswith("[check] ")]
+    assert [line.split(":")[0] for line in checks] == [
+        "[check] maskable_ppo",
+        "[check] linucb",
+        "[check] rules",
+    ]
+    assert all("true long-run lift on the served customers" in line for line in checks)
+    assert (out / "ope" / "report.json").exists()
