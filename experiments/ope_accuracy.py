@@ -48,7 +48,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from multiprocessing import get_context
@@ -59,23 +59,21 @@ import numpy as np
 
 from cvm_rl.ope.base import BanditInputs, bootstrap_intervals
 from cvm_rl.ope.diagnostics import diagnose_weights
+from cvm_rl.ope.estimators import (
+    LONG_RUN_LABELS,
+    SHRINKAGE_LAMBDA,
+    SINGLE_STEP_LABELS,
+    SWITCH_TAU,
+    long_run_estimators,
+    single_step_estimators,
+)
 from cvm_rl.ope.intervals import Interval
 from cvm_rl.ope.reward_model import CrossFittedRewardModel
 from cvm_rl.ope.sequential import (
-    SEQUENTIAL_ESTIMATORS,
     MarginalizedIS,
-    PerDecisionIS,
-    SequentialEstimator,
-    WeightedPerDecisionIS,
     cumulative_weight_diagnostics,
     step_ratios,
     step_weight_diagnostics,
-)
-from cvm_rl.ope.single_step import (
-    SINGLE_STEP_ESTIMATORS,
-    BaseOffPolicyEstimator,
-    DoublyRobustWithShrinkage,
-    SwitchDR,
 )
 from cvm_rl.ope.trajectories import Trajectories
 from cvm_rl.policies import (
@@ -116,17 +114,14 @@ KIND_TITLES = {
     SINGLE_STEP: "Single-step (expected reward per decision on the logged states)",
     LONG_RUN: "Long-run (value per customer over the logged weeks)",
 }
-SINGLE_STEP_NAMES = tuple(cls.estimator_name for cls in SINGLE_STEP_ESTIMATORS)
-LONG_RUN_NAMES = tuple(cls.estimator_name for cls in SEQUENTIAL_ESTIMATORS)
+SINGLE_STEP_NAMES = tuple(SINGLE_STEP_LABELS)
+LONG_RUN_NAMES = tuple(LONG_RUN_LABELS)
 ESTIMATOR_NAMES = {SINGLE_STEP: SINGLE_STEP_NAMES, LONG_RUN: LONG_RUN_NAMES}
 DR_FAMILY = {
     SINGLE_STEP: ("dr", "sndr", "switch-dr", "dr-os"),
     LONG_RUN: ("dr", "wdr", "mdr", "wmdr"),
 }
 IPS_BASELINE = {SINGLE_STEP: "ipw", LONG_RUN: "pdis"}
-# The OPE report's choices (cvm_rl/ope/evaluate.py): at their defaults (inf) both are DR.
-SWITCH_TAU = 100.0
-SHRINKAGE_LAMBDA = 100.0
 
 
 @dataclass
@@ -443,29 +438,6 @@ def long_run_truth(values: np.ndarray) -> Truth:
 # --- estimation ------------------------------------------------------------------------------
 
 
-def single_step_estimators() -> list[BaseOffPolicyEstimator]:
-    """Every single-step estimator; Switch-DR and DRos with the report's thresholds."""
-    out: list[BaseOffPolicyEstimator] = []
-    for cls in SINGLE_STEP_ESTIMATORS:
-        if cls is SwitchDR:
-            out.append(SwitchDR(tau=SWITCH_TAU))
-        elif cls is DoublyRobustWithShrinkage:
-            out.append(DoublyRobustWithShrinkage(lambda_=SHRINKAGE_LAMBDA))
-        else:
-            out.append(cls())
-    return out
-
-
-def sequential_estimators(feature_map: Callable[[np.ndarray], np.ndarray], seed: int) -> list:
-    out: list[SequentialEstimator] = []
-    for cls in SEQUENTIAL_ESTIMATORS:
-        if cls in (PerDecisionIS, WeightedPerDecisionIS):
-            out.append(cls())
-        else:
-            out.append(cls(feature_map=feature_map, seed=seed))  # type: ignore[call-arg]
-    return out
-
-
 def _interval_dict(interval: Interval, seconds: float) -> dict[str, float]:
     return {
         "estimate": interval.estimate,
@@ -519,7 +491,7 @@ def estimate_targets(
             for est, interval in zip(single, intervals, strict=True)
         }
         long_run = {}
-        for estimator in sequential_estimators(feature_map, seed):
+        for estimator in long_run_estimators(scenario, seed):
             started = time.perf_counter()
             interval = estimator.estimate_interval(
                 trajectories, action_dist, alpha=alpha, n_bootstrap=n_bootstrap, seed=seed
