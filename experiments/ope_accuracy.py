@@ -30,6 +30,8 @@ training or validation seed is ever an evaluation seed (see SEEDS below).
 
     .venv/bin/python experiments/ope_accuracy.py            # the published tables
     .venv/bin/python experiments/ope_accuracy.py --quick    # a smoke run in under a minute
+    .venv/bin/python experiments/ope_accuracy.py --summarize experiments/results/ope_accuracy.json
+        # rewrite the summaries, tables and plot from a finished run's records (no runs)
 
 Writes ``experiments/results/<run name>.{json,md}`` (the JSON holds every per-seed number)
 and a PNG of the errors against the log size; the trained PPO bundles are cached under
@@ -47,6 +49,7 @@ import argparse
 import copy
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -701,10 +704,15 @@ def selection(
     records: list[dict[str, Any]], logger: str, targets: list[str], kind: str, name: str
 ) -> dict[str, Any]:
     """Regret (truth of the best target minus truth of the one picked) of picking the target
-    with the highest estimate, and with the highest lower bound, per seed."""
+    with the highest estimate, and with the highest lower bound, per seed; and Spearman's
+    rank correlation between the targets' scores and their truths (undefined scores rank
+    last), per seed."""
+    from scipy.stats import spearmanr
+
     out: dict[str, Any] = {}
     for rule in ("estimate", "low"):
         regrets, relative, best_picked, undefined = [], [], 0, 0
+        correlations: list[float] = []
         for record in records:
             truths = np.array([_truth(record, logger, t, kind) for t in targets])
             scores = np.array(
@@ -717,12 +725,17 @@ def selection(
             regrets.append(regret)
             relative.append(regret / abs(float(truths.max())))
             best_picked += int(truths[picked] == truths.max())
+            correlation = float(spearmanr(scores, truths).statistic)
+            if math.isfinite(correlation):  # NaN when every score (or truth) is tied
+                correlations.append(correlation)
         out[rule] = {
             "mean_regret": float(np.mean(regrets)),
             "mean_relative_regret": float(np.mean(relative)),
             "best_picked": best_picked,
             "undefined_scores": undefined,
             "per_seed_regret": regrets,
+            "mean_rank_correlation": float(np.mean(correlations)) if correlations else None,
+            "per_seed_rank_correlation": correlations,
         }
     return out
 
@@ -928,8 +941,10 @@ def selection_tables(summary: dict[str, Any], loggers: list[str], sizes: list[in
                         block = summary[logger][kind][str(size)]
                         sel = block["selection"][name][rule]
                         seeds = len(sel["per_seed_regret"])
+                        rho = sel.get("mean_rank_correlation")
                         row.append(
                             f"{_pct(sel['mean_relative_regret'], 2)} ({sel['best_picked']}/{seeds})"
+                            f" {'n/a' if rho is None else f'{rho:+.2f}'}"
                         )
                 rows.append(row)
             rows.append(
@@ -942,8 +957,9 @@ def selection_tables(summary: dict[str, Any], loggers: list[str], sizes: list[in
             )
             out.append(
                 f"### {KIND_TITLES[kind].split(' (')[0]} selection by the {title}: mean regret "
-                "(% of the best target's true value) and (seeds where the truly best was "
-                "picked)\n\n" + _table(header, rows)
+                "(% of the best target's true value), (seeds where the truly best was "
+                "picked) and the mean Spearman rank correlation of the targets' scores with "
+                "their truths\n\n" + _table(header, rows)
             )
     return out
 
@@ -1082,14 +1098,14 @@ def write_markdown(
     args: Args,
     summary: dict[str, Any],
     references: dict[str, dict[str, Any]],
-    policies: PolicySet,
+    provenance: dict[str, str],
+    loggers: list[str],
+    targets: list[str],
     sizes: list[int],
     headline: list[str],
     total_seconds: float,
     plot: Path | None,
 ) -> str:
-    loggers = [p.name for p in policies.loggers]
-    targets = [p.name for p in policies.targets]
     command = "experiments/ope_accuracy.py" + (" --quick" if args.quick else "")
     split = ", ".join(
         f"{_decisions_label(n * args.weeks)} = {n:,} customers x {args.weeks} weeks"
@@ -1104,7 +1120,7 @@ def write_markdown(
         f"`.venv/bin/python {command}` on scenario '{args.scenario}'; wall time "
         f"{total_seconds / 60:.1f} min on 2 shared cores ({args.workers} worker processes).",
         "## Design\n\n"
-        + "\n".join(f"- **{name}**: {how}" for name, how in policies.provenance.items())
+        + "\n".join(f"- **{name}**: {how}" for name, how in provenance.items())
         + f"\n- Loggers: {', '.join(loggers)}. Targets (the candidates): {', '.join(targets)}."
         f"\n- Sizes (logged decisions): {split}; {args.seeds} seeds per size, each a fresh "
         f"population (evaluation seeds {eval_seeds}) logged by both loggers, so the long-run "
@@ -1233,21 +1249,42 @@ def run(args: Args, policies: PolicySet | None = None) -> dict[str, Any]:
         records = [run_job(job) for job in jobs]
     records.sort(key=lambda r: (r["size_index"], r["seed_index"]))
     references = {t.name: ref for t, ref in zip(policies.targets, references_list, strict=True)}
-    loggers = [p.name for p in policies.loggers]
-    targets = [p.name for p in policies.targets]
+    return write_results(
+        args,
+        records,
+        references,
+        provenance=policies.provenance,
+        loggers=[p.name for p in policies.loggers],
+        targets=[p.name for p in policies.targets],
+        seconds={"policies": round(prepared, 1), "total": round(time.perf_counter() - started, 1)},
+        code=code_state(),
+    )
+
+
+def write_results(
+    args: Args,
+    records: list[dict[str, Any]],
+    references: dict[str, Any],
+    *,
+    provenance: dict[str, str],
+    loggers: list[str],
+    targets: list[str],
+    seconds: dict[str, float],
+    code: dict[str, Any],
+) -> dict[str, Any]:
+    """Summaries, checks, plot, JSON and Markdown of the runs' records."""
     sizes = [n * args.weeks for n in args.customers]
     summary = summarize(records, loggers, targets, sizes)
     headline = headline_checks(summary, loggers, targets, sizes)
     for line in headline:
         print(line)
-    total_seconds = time.perf_counter() - started
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_errors(summary, loggers, sizes, out / args.run_name / "errors_by_size.png")
     payload = {
         "run_name": args.run_name,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
-        "policies": policies.provenance,
+        "policies": provenance,
         "loggers": loggers,
         "targets": targets,
         "decisions": sizes,
@@ -1255,17 +1292,46 @@ def run(args: Args, policies: PolicySet | None = None) -> dict[str, Any]:
         "reference_seed_base": REFERENCE_SEED_BASE,
         "references": references,
         "headline": headline,
-        "seconds": {"policies": round(prepared, 1), "total": round(total_seconds, 1)},
-        "code": code_state(),
+        "seconds": seconds,
+        "code": code,
         "summary": summary,
         "records": records,
     }
     (out / f"{args.run_name}.json").write_text(json.dumps(_jsonable(payload), indent=1) + "\n")
     (out / f"{args.run_name}.md").write_text(
-        write_markdown(args, summary, references, policies, sizes, headline, total_seconds, plot)
+        write_markdown(
+            args,
+            summary,
+            references,
+            provenance,
+            loggers,
+            targets,
+            sizes,
+            headline,
+            seconds["total"],
+            plot,
+        )
     )
-    print(f"wrote {out / args.run_name}.{{json,md}} in {total_seconds / 60:.1f} min")
+    print(f"wrote {out / args.run_name}.{{json,md}} ({seconds['total'] / 60:.1f} min of runs)")
     return payload
+
+
+def summarize_again(path: Path, out: Path) -> dict[str, Any]:
+    """Rewrite the summaries, tables and plot of a finished run from its JSON (its records
+    and settings), without running anything: for new summaries of the same runs."""
+    payload = json.loads(path.read_text())
+    saved = payload["args"]
+    args = Args(**{**saved, "out": out})
+    return write_results(
+        args,
+        payload["records"],
+        payload["references"],
+        provenance=payload["policies"],
+        loggers=payload["loggers"],
+        targets=payload["targets"],
+        seconds=payload["seconds"],
+        code=payload["code"],
+    )
 
 
 def code_state() -> dict[str, Any]:
@@ -1298,8 +1364,16 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def main() -> None:
-    run(parse_args())
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--summarize"]:
+        # --summarize RUN.json [OUT_DIR]: new summaries of a finished run's records.
+        if len(argv) not in (2, 3):
+            raise SystemExit("usage: ope_accuracy.py --summarize RUN.json [OUT_DIR]")
+        source = Path(argv[1])
+        summarize_again(source, Path(argv[2]) if len(argv) == 3 else source.parent)
+        return
+    run(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -128,6 +128,14 @@ def test_pipeline_at_a_tiny_size(experiment: ModuleType, tmp_path: Path) -> None
                     assert 0.0 <= cell["coverage"] <= 1.0
             for picks in block["selection"].values():
                 assert picks["estimate"]["mean_regret"] >= 0
+                for rho in picks["estimate"]["per_seed_rank_correlation"]:
+                    assert -1.0 <= rho <= 1.0
+    # A finished run's summaries are rewritten from its JSON alone, to the same numbers.
+    again = experiment.summarize_again(tmp_path / f"{name}.json", tmp_path / "again")
+    assert json.dumps(experiment._jsonable(again["summary"]), sort_keys=True) == json.dumps(
+        stored["summary"], sort_keys=True
+    )
+    assert (tmp_path / "again" / f"{name}.md").read_text() == markdown
     record = payload["records"][0]
     # Long-run truths are shared by the loggers (same customers): one per target.
     assert set(record["long_run_truth"]) == {"linucb", "rules", "no_contact"}
