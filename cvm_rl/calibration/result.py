@@ -53,7 +53,7 @@ def calibrate(
     )
 
 
-def _significant(value: float, digits: int = 4) -> float:
+def significant(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
@@ -72,7 +72,7 @@ def scenario_values(result: CalibrationResult, *, rounded: bool = True) -> dict[
     if not rounded:
         return values
     # Four digits is finer than the standard errors of any realistic fit.
-    return {key: _significant(value) for key, value in values.items()}
+    return {key: significant(value) for key, value in values.items()}
 
 
 def purchase_model(result: CalibrationResult, base: PurchaseModel | None = None) -> PurchaseModel:

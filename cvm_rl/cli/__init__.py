@@ -1,6 +1,7 @@
 """The ``cvm`` command line: offer and channel decisions for long-run customer value.
 
-One module per command in this package, each with ``HELP`` (its line in ``cvm --help``), a
+One module per command in this package (named as the command, or giving its ``NAME`` when
+that has a hyphen), each with ``HELP`` (its line in ``cvm --help``), a
 docstring (its description), ``add_arguments(parser)`` and ``run(args) -> int``. Command
 modules import only ``argparse`` and :mod:`cvm_rl.cli.common` at module level and the heavy
 parts (numpy, torch, grpc, pyarrow, matplotlib) inside ``run``, so ``cvm --help`` answers
@@ -25,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "evaluate",
     "calibrate",
+    "calibrate_response",
     "scenario",
     "logs",
     "ope",
@@ -50,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        module = importlib.import_module(f"cvm_rl.cli.{name}")
+    for module_name in COMMANDS:
+        module = importlib.import_module(f"cvm_rl.cli.{module_name}")
         command = sub.add_parser(
-            name,
+            getattr(module, "NAME", module_name),
             help=module.HELP,
             description=module.__doc__,
             formatter_class=HelpFormatter,
