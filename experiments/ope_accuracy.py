@@ -367,9 +367,9 @@ def log_with_single_step_truth(
         for target in targets:
             target_probs = target.action_probabilities(obs, mask)
             for _ in range(replicates):
-                result = clone_population(env.population).step(
-                    sample_actions(target_probs, truth_rng), truth_rng
-                )
+                replica = clone_population(env.population)
+                replica.reseed(int(truth_rng.integers(2**63)))  # draws of its own
+                result = replica.step(sample_actions(target_probs, truth_rng))
                 totals[target.name][:, week] += result.reward
                 squares[target.name][:, week] += result.reward**2
         next_obs, reward, _, _, next_info = env.step(actions)
@@ -425,7 +425,7 @@ def long_run_values(
         if r == 0:
             policy.seed(seed)
         else:
-            env.np_random = _stream(seed, LONG_RUN_TRUTH_STREAM, r)
+            env.population.reseed(_stream_seed(seed, LONG_RUN_TRUTH_STREAM, r))
             policy.seed(_stream_seed(seed, LONG_RUN_TRUTH_STREAM, r))
         for _ in range(horizon):
             actions, _ = policy.act(obs, info["action_mask"])
@@ -668,6 +668,11 @@ def _truth(record: dict[str, Any], logger: str, target: str, kind: str) -> float
     return value
 
 
+def _relative(value: float, truth: float) -> float:
+    """``value / |truth|``; NaN for a zero truth (possible in tiny smoke runs)."""
+    return value / abs(truth) if truth != 0 else math.nan
+
+
 def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
@@ -684,7 +689,8 @@ def error_cells(
             undefined += 1
             covered.append(False)
             continue
-        relative.append((est["estimate"] - truth) / abs(truth))
+        if truth != 0:  # a relative error of a zero truth is undefined (tiny smoke runs)
+            relative.append((est["estimate"] - truth) / abs(truth))
         inside = _finite(est["low"]) and est["low"] <= truth <= est["high"]
         covered.append(bool(inside))
     rel = np.array(relative)
@@ -723,14 +729,14 @@ def selection(
             picked = int(np.argmax(scores))
             regret = float(truths.max() - truths[picked])
             regrets.append(regret)
-            relative.append(regret / abs(float(truths.max())))
+            best = abs(float(truths.max()))
+            relative.append(regret / best if best > 0 else math.nan)
             best_picked += int(truths[picked] == truths.max())
-            correlation = float(spearmanr(scores, truths).statistic)
-            if math.isfinite(correlation):  # NaN when every score (or truth) is tied
-                correlations.append(correlation)
+            if np.ptp(scores) > 0 and np.ptp(truths) > 0:  # undefined when all are tied
+                correlations.append(float(spearmanr(scores, truths).statistic))
         out[rule] = {
             "mean_regret": float(np.mean(regrets)),
-            "mean_relative_regret": float(np.mean(relative)),
+            "mean_relative_regret": _mean_finite(relative),
             "best_picked": best_picked,
             "undefined_scores": undefined,
             "per_seed_regret": regrets,
@@ -742,13 +748,14 @@ def selection(
 
 def random_pick_regret(
     records: list[dict[str, Any]], logger: str, targets: list[str], kind: str
-) -> float:
+) -> float | None:
     """Mean relative regret of a uniformly random pick (context for the selection tables)."""
     regrets = []
     for record in records:
         truths = np.array([_truth(record, logger, t, kind) for t in targets])
-        regrets.append(float(np.mean(truths.max() - truths) / abs(truths.max())))
-    return float(np.mean(regrets))
+        best = abs(float(truths.max()))
+        regrets.append(float(np.mean(truths.max() - truths)) / best if best > 0 else math.nan)
+    return _mean_finite(regrets)
 
 
 def summarize(
@@ -782,10 +789,12 @@ def summarize(
                         "mean_relative_standard_error": float(
                             np.mean(
                                 [
-                                    r["loggers"][logger]["targets"][t]["truth"][kind][
-                                        "standard_error"
-                                    ]
-                                    / abs(_truth(r, logger, t, kind))
+                                    _relative(
+                                        r["loggers"][logger]["targets"][t]["truth"][kind][
+                                            "standard_error"
+                                        ],
+                                        _truth(r, logger, t, kind),
+                                    )
                                     for r in recs
                                 ]
                             )
@@ -813,6 +822,12 @@ def summarize(
         }
         summary[logger] = per_logger
     return summary
+
+
+def _mean_finite(values: list[float]) -> float | None:
+    """The mean of the finite values (None when there is none: every truth was 0)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def _mean_defined(values: list[float | None]) -> float | None:

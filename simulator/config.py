@@ -11,7 +11,7 @@ import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -55,6 +55,9 @@ class PurchaseModel(_Strict):
     """How strongly a contact's lift raises the reactivation chance of a dropped-out customer."""
     pull_forward_repay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
     """Share of the outstanding pulled-forward purchases repaid (not made) each week."""
+    dropout_on: Literal["every_purchase", "base_purchases"] = "every_purchase"
+    """Which repeat purchases carry BG/NBD's chance of dropping out: every one, or only those
+    of the base process (purchases an offer adds carry none). See the default scenario."""
 
 
 class Stages(_Strict):

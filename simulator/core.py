@@ -17,6 +17,11 @@ Weekly dynamics, in order (see ``Population.step``):
    drops out with probability p (geometric), spend per purchase is Gamma-Gamma;
 5. reward = margin on purchases - discount cost (on every purchase in the offer week,
    cannibalized ones included) - contact cost.
+
+Randomness: the population's customers are drawn from the generator given to ``create``;
+every draw of the weekly dynamics comes from per-customer streams keyed by (dynamics key,
+customer, week, purpose) (:mod:`simulator.streams`), so two policies run on the same
+population share every draw their decisions do not change.
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ from simulator.observation import (
 )
 from simulator.observation import (
     observation_feature_names as observation_feature_names,  # re-exported: callers import it here
+)
+from simulator.streams import (
+    CustomerStreams,
+    Purpose,
+    exponential_from_uniform,
+    gamma_from_uniform,
+    poisson_from_uniform,
 )
 
 STAGE_INDEX = {name: i for i, name in enumerate(STAGES)}
@@ -195,6 +207,13 @@ class Population:
     weeks_since_contact: np.ndarray  # (N, C) int16
     window_counts: np.ndarray  # (N, C) int16 contacts per channel in the cap window
     contact_ring: np.ndarray  # (N, W) int8: channel+1 contacted in each of the last W weeks
+    streams: CustomerStreams  # every draw of the dynamics: (key, customer, week, purpose)
+    # BG/NBD dropout as a hazard budget: each repeat purchase spends -log(1 - p) of it and the
+    # customer drops out when it is spent (P(survive k) = prod (1 - p_i), any p_i); a new life
+    # (after a reactivation) gets a new budget. Drawn from the streams by life number, so a
+    # customer's lifetime in purchases is shared by every policy run on the population.
+    dropout_budget: np.ndarray  # (N,) hazard left in this life
+    lives: np.ndarray  # (N,) int32 lives begun in this episode (0 for the first)
     ring_pos: int = 0
     week: int = 0
     strict: bool = False
@@ -309,6 +328,12 @@ class Population:
             weeks_since_contact=np.full((n, c), CONTACT_RECENCY_CAP, dtype=np.int16),
             window_counts=np.zeros((n, c), dtype=np.int16),
             contact_ring=np.zeros((n, w), dtype=np.int8),
+            # drawn last, so the customers are those that this rng drew before the streams
+            streams=(streams := CustomerStreams.from_rng(rng)),
+            dropout_budget=exponential_from_uniform(
+                streams.uniform(Purpose.DROPOUT_BUDGET, 0, np.arange(n))
+            ),
+            lives=np.zeros(n, dtype=np.int32),
             strict=strict,
         )
 
@@ -399,8 +424,19 @@ class Population:
         }
 
     # ------------------------------------------------------------------ dynamics
-    def step(self, actions: np.ndarray, rng: np.random.Generator) -> StepResult:
-        """Advance every customer by one week under ``actions`` (length N ints)."""
+    def reseed(self, seed: int | None) -> None:
+        """New draws for the dynamics from now on, the same customers: the streams' key
+        becomes one drawn from ``seed`` (None: from fresh entropy)."""
+        self.streams = CustomerStreams.from_rng(np.random.default_rng(seed))
+        self.dropout_budget = exponential_from_uniform(
+            self.streams.uniform(Purpose.DROPOUT_BUDGET, self.lives, np.arange(self.n))
+        )
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Advance every customer by one week under ``actions`` (length N ints). Every draw
+        comes from the customer's own streams (``self.streams``), so a customer's outcome
+        depends on its own state and actions only (and on others' through the contact
+        budget, when one is set and binding)."""
         tb, sc = self.tables, self.scenario
         pm = sc.purchase
         n = self.n
@@ -429,7 +465,8 @@ class Population:
         contact_cost = tb.action_contact_cost[executed]
         budget = self._budget()
         if contact_cost.sum() > budget:
-            order = rng.permutation(n)
+            draw = self.streams.uniform(Purpose.BUDGET_ORDER, self.week, rows)
+            order = np.argsort(draw, kind="stable")
             over = np.cumsum(contact_cost[order]) > budget
             refused = order[over & (contact_cost[order] > 0)]
             executed[refused] = 0
@@ -459,10 +496,11 @@ class Population:
             p_optout = tb.channel_optout_base[c_ch] * (
                 1.0 + tb.channel_optout_per_fatigue[c_ch] * fat_before[cidx]
             )
-            out = rng.random(cidx.size) < np.minimum(p_optout, 1.0)
+            out = self.streams.uniform(Purpose.OPT_OUT, self.week, cidx) < np.minimum(p_optout, 1)
             self.opt_in[cidx[out], c_ch[out]] = False
             opted_out[cidx[out]] = True
-            dog = rng.random(cidx.size) < tb.segment_contact_churn[seg[cidx]]
+            churn = self.streams.uniform(Purpose.CONTACT_CHURN, self.week, cidx)
+            dog = churn < tb.segment_contact_churn[seg[cidx]]
             dying = cidx[dog & self.alive[cidx]]
             self.alive[dying] = False
             dropped_out[dying] = True
@@ -481,8 +519,13 @@ class Population:
         dead = np.flatnonzero(~self.alive & self.present)
         if dead.size:
             p_back = pm.reactivation_prob * (1.0 + pm.winback_response * lift[dead])
-            back = dead[rng.random(dead.size) < np.minimum(p_back, 1.0)]
+            winback = self.streams.uniform(Purpose.WINBACK, self.week, dead)
+            back = dead[winback < np.minimum(p_back, 1.0)]
             self.alive[back] = True
+            self.lives[back] += 1
+            self.dropout_budget[back] = exponential_from_uniform(
+                self.streams.uniform(Purpose.DROPOUT_BUDGET, self.lives[back], back)
+            )
 
         # 4. purchases
         season = tb.season[self.week_of_year]
@@ -493,7 +536,8 @@ class Population:
         self.pf_debt += tb.action_pull_forward[executed] * base * lift - repay
         active = self.alive & self.present
         rate[~active] = 0.0
-        purchases = rng.poisson(rate).astype(np.int32)
+        purchase_draw = self.streams.uniform(Purpose.PURCHASES, self.week, rows)
+        purchases = poisson_from_uniform(purchase_draw, rate).astype(np.int32)
         purchases[arriving] = np.maximum(purchases[arriving], 1)  # arrival = first purchase
 
         buyers = np.flatnonzero(purchases)
@@ -505,16 +549,35 @@ class Population:
             p_eff = self.p_drop[buyers] * np.where(
                 self.retention_left[buyers] > 0, self.retention_mult[buyers], 1.0
             )
-            can_die = repeats > 0
-            lives = np.full(buyers.size, np.iinfo(np.int32).max, dtype=np.int64)
-            lives[can_die] = rng.geometric(np.clip(p_eff[can_die], 1e-12, 1.0))
-            dies = lives <= repeats
-            repeats = np.minimum(repeats, lives).astype(np.int32)
+            # The repeats that may end in a dropout: all, or those of the base process alone
+            # (its count from the same uniform at the no-offer rate, so never more).
+            at_risk = repeats
+            if pm.dropout_on == "base_purchases":
+                base_rate = np.maximum(base[buyers] - repay[buyers], 0.0)
+                base_count = poisson_from_uniform(purchase_draw[buyers], base_rate)
+                at_risk = np.clip(np.minimum(base_count, k) - first, 0, None)
+            # Each at-risk repeat spends this much of the dropout budget; the one that spends
+            # the last of it is the customer's last purchase of this life.
+            hazard_left = self.dropout_budget[buyers]
+            with np.errstate(divide="ignore", invalid="ignore"):  # p = 1: an infinite hazard
+                hazard = -np.log1p(-np.clip(p_eff, 1e-12, 1.0))
+                last = np.maximum(np.ceil(hazard_left / hazard), 1.0)
+                spent = np.where(at_risk > 0, at_risk * hazard, 0.0)  # 0 x inf spends nothing
+            last = np.minimum(last, np.iinfo(np.int32).max).astype(np.int64)
+            dies = last <= at_risk
+            self.dropout_budget[buyers] = np.where(dies, 0.0, hazard_left - spent)
+            # a customer who drops out makes its at-risk repeats up to the dropout; the
+            # purchases an offer added (not at risk) are made all the same
+            repeats = (np.minimum(at_risk, last) + (repeats - at_risk)).astype(np.int32)
             k = first + repeats
             purchases[buyers] = k
             self.alive[buyers[dies]] = False
             dropped_out[buyers[dies]] = True
-            spend = rng.gamma(k * pm.spend_p, 1.0 / self.nu[buyers])
+            spend = gamma_from_uniform(
+                self.streams.uniform(Purpose.SPEND, self.week, buyers),
+                k * pm.spend_p,
+                1.0 / self.nu[buyers],
+            )
             revenue[buyers] = spend
             lapsed_before = self.purchased_ever[buyers] & (
                 self.recency[buyers] > sc.stages.lapsed_weeks

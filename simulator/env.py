@@ -96,7 +96,7 @@ class CustomerLifecycleEnv(gym.Env[np.ndarray, np.int64]):
             raise ValueError(
                 f"action must be an int in [0, {self.scenario.n_actions}), got {action!r}"
             )
-        result = pop.step(np.array([int(action)]), self.np_random)
+        result = pop.step(np.array([int(action)]))
         obs = pop.observe()[0]
         return obs, float(result.reward[0]), False, result.truncated, self._info(result)
 

@@ -51,7 +51,7 @@ def simulate_repeat_counts(
     population = Population.create(scenario, whole.size, rng, arrival_week=horizon - 1 - whole)
     no_contact = np.zeros(whole.size, dtype=np.int64)
     for _ in range(horizon):
-        population.step(no_contact, rng)
+        population.step(no_contact)
     return population.n_repeat.copy()
 
 

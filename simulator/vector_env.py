@@ -82,7 +82,7 @@ class CustomerLifecycleVectorEnv(VectorEnv):
         actions = np.asarray(actions)
         if actions.shape != (n,):
             raise ValueError(f"actions must have shape ({n},), got {actions.shape}")
-        result = self.population.step(actions, self.np_random)
+        result = self.population.step(actions)
         self._autoreset = result.truncated
         return (
             self.population.observe(),

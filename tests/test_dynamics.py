@@ -115,7 +115,7 @@ def _run(
             actions = policy(week, pop, action_rng)
         mask = pop.action_mask().copy()
         alive, present = pop.alive.copy(), pop.present.copy()
-        result = pop.step(actions, rng)
+        result = pop.step(actions)
         obs_after = pop.observe()
         steps.append(Step(actions, mask, obs, obs_after, alive, present, result))
         obs = obs_after
@@ -227,7 +227,7 @@ def test_strict_masking_refuses_without_changing_state(default_scenario: Scenari
     pop = Population.create(sc, n, rng, strict=True)
     for _ in range(3):  # some history first, only eligible actions
         mask = pop.action_mask()
-        pop.step(np.where(mask[:, 1], 1, 0), rng)
+        pop.step(np.where(mask[:, 1], 1, 0))
     mask = pop.action_mask().copy()
     customer, action = (int(x) for x in np.argwhere(~mask)[0])
     actions = np.where(mask[:, 2], 2, 0)
@@ -240,14 +240,14 @@ def test_strict_masking_refuses_without_changing_state(default_scenario: Scenari
     scalars = (pop.week, pop.ring_pos, pop.masked_total, pop.budget_refused_total)
     rng_state = rng.bit_generator.state
     with pytest.raises(MaskedActionError, match=f"action {action} is not eligible"):
-        pop.step(actions, rng)
+        pop.step(actions)
     assert (pop.week, pop.ring_pos, pop.masked_total, pop.budget_refused_total) == scalars
     assert rng.bit_generator.state == rng_state
     for name, value in snapshot.items():
         np.testing.assert_array_equal(getattr(pop, name), value, err_msg=name)
     # Without the offending action the step goes through.
     actions[customer] = 0
-    result = pop.step(actions, rng)
+    result = pop.step(actions)
     np.testing.assert_array_equal(result.executed_action, actions)
     assert pop.week == 4
 
@@ -464,7 +464,7 @@ def test_deeper_discounts_raise_purchases_in_the_offer_week(default_scenario: Sc
     actions = np.zeros(n, dtype=np.int64)
     actions[eligible & (arm == 1)] = d5
     actions[eligible & (arm == 2)] = d20
-    result = pop.step(actions, rng)
+    result = pop.step(actions)
     assert (result.executed_action == actions).all()
     means, ses = [], []
     for k in range(3):
@@ -589,7 +589,7 @@ def test_reactivation_brings_the_dead_back(default_scenario: Scenario) -> None:
     pop = Population.create(sc, n, rng)
     dead = ~pop.alive & pop.present
     assert dead.sum() > 200
-    result = pop.step(np.zeros(n, dtype=np.int64), rng)
+    result = pop.step(np.zeros(n, dtype=np.int64))
     np.testing.assert_array_equal(pop.alive[dead], ~result.dropped_out[dead])
     assert result.purchases[dead].sum() > 0
 
@@ -621,7 +621,7 @@ def test_arrivals_join_with_a_first_purchase(default_scenario: Scenario) -> None
         assert (obs[waiting][:, opt_cols] == 0).all()
         assert (pop.stage()[waiting | arriving] == prospect).all()
         assert not pop.oracle_state()["present"][waiting | arriving].any()
-        result = pop.step(action_rng.integers(0, sc.n_actions, size=n), rng)
+        result = pop.step(action_rng.integers(0, sc.n_actions, size=n))
         assert (result.purchases[waiting] == 0).all()
         assert (result.executed_action[waiting | arriving] == 0).all()
         assert (result.purchases[arriving] >= 1).all()
@@ -644,7 +644,7 @@ def test_explicit_arrival_week_zero_arrives_in_the_first_step(
     pop = Population.create(default_scenario, n, rng, arrival_week=np.zeros(n, dtype=int))
     assert not pop.oracle_state()["present"].any()
     assert not pop.action_mask()[:, 1:].any()
-    result = pop.step(np.zeros(n, dtype=np.int64), rng)
+    result = pop.step(np.zeros(n, dtype=np.int64))
     assert (result.purchases >= 1).all()
     assert pop.oracle_state()["present"].all()
     with pytest.raises(ValueError, match="arrival_week"):
@@ -682,7 +682,7 @@ def test_stage_matches_reimplementation(default_scenario: Scenario) -> None:
         assert (obs[:, stage_cols].sum(axis=1) == 1).all()
         seen += np.bincount(stage, minlength=len(STAGES))
 
-        result = pop.step(action_rng.integers(0, sc.n_actions, size=n), rng)
+        result = pop.step(action_rng.integers(0, sc.n_actions, size=n))
         bought = result.purchases > 0
         reactivated |= bought & purchased_ever & (obs[:, rec_col] > sc.stages.lapsed_weeks)
         after = pop.observe()

@@ -320,7 +320,7 @@ def test_observation_does_not_depend_on_latent_state(default_scenario: Scenario)
     rng = np.random.default_rng(0)
     pop = Population.create(default_scenario, 500, rng)
     for _ in range(5):
-        pop.step(rng.integers(0, default_scenario.n_actions, size=500), rng)
+        pop.step(rng.integers(0, default_scenario.n_actions, size=500))
     before = pop.observe()
     mask_before = pop.action_mask().copy()
     pop.lam *= 50.0

@@ -122,7 +122,7 @@ def test_observe_reads_each_feature_from_its_state(
     rng = np.random.default_rng(0)
     pop = Population.create(sc, 300, rng)
     for _ in range(5):
-        pop.step(rng.integers(0, sc.n_actions, size=pop.n), rng)
+        pop.step(rng.integers(0, sc.n_actions, size=pop.n))
     obs = pop.observe()
     col = {name: i for i, name in enumerate(observation_feature_names(sc))}
     np.testing.assert_array_equal(obs[:, col["recency_weeks"]], pop.recency)

@@ -26,7 +26,7 @@ def test_expected_no_contact_value_matches_simulation() -> None:
     for replay in range(3):
         env = CustomerLifecycleVectorEnv(n, SCENARIO)
         env.reset(seed=4)
-        env.np_random = np.random.default_rng(100 + replay)  # new draws, same customers
+        env.population.reseed(100 + replay)  # new draws, same customers
         total = 0.0
         for _ in range(SCENARIO.horizon_weeks):
             _, reward, _, _, _ = env.step(np.zeros(n, dtype=np.int64))

@@ -13,7 +13,8 @@ bonus) and the simulator's own equations in expectation:
   of the week (bought-anyway ones included); pull-forward debt added; a retention bonus set;
 * every later week until the horizon ends: purchases at the seasonal base rate less the debt
   being repaid; survival ``S <- S * exp(-rate * p_dropout)`` (a week with Poisson(rate)
-  purchases, each a dropout chance), so extra purchases also carry extra dropout risk; the
+  purchases, each a dropout chance), so extra purchases also carry extra dropout risk
+  (with ``purchase.dropout_on = "base_purchases"`` only the base process's rate counts); the
   retention bonus lowers the dropout probability while it lasts; prospects convert.
 
 It takes the action with the largest expected gain over no contact, if positive. Re-planning
@@ -132,7 +133,11 @@ class OraclePolicy(Policy):
             p_eff = p_drop[:, None] * np.where(ret_left > 0, ret_mult, 1.0)
             bought_now = np.where(arriving, 1.0, survive * (1.0 - np.exp(-rate)))
             bought = bought + (1.0 - bought) * bought_now
-            survive = survive * np.exp(-rate * p_eff) + (1.0 - survive) * (
+            # Dropout chances come with every purchase, or with the base process's only.
+            at_risk = rate
+            if pm.dropout_on == "base_purchases":
+                at_risk = np.minimum(rate, np.maximum(base - repay, 0.0) * (arrives_in <= w))
+            survive = survive * np.exp(-at_risk * p_eff) + (1.0 - survive) * (
                 pm.reactivation_prob * (arrives_in <= w)
             )
             ret_left = np.maximum(ret_left - 1.0, 0.0)
