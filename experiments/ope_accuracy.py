@@ -1242,6 +1242,7 @@ def make_jobs(args: Args, policies: PolicySet) -> list[Job]:
 def run(args: Args, policies: PolicySet | None = None) -> dict[str, Any]:
     """The whole experiment; returns the JSON payload (also written with the Markdown)."""
     started = time.perf_counter()
+    code = code_state()  # at the start: the tree may change while the runs go on
     scenario = load_scenario(args.scenario)
     policies = policies or build_policies(args, scenario)
     prepared = time.perf_counter() - started
@@ -1272,7 +1273,7 @@ def run(args: Args, policies: PolicySet | None = None) -> dict[str, Any]:
         loggers=[p.name for p in policies.loggers],
         targets=[p.name for p in policies.targets],
         seconds={"policies": round(prepared, 1), "total": round(time.perf_counter() - started, 1)},
-        code=code_state(),
+        code=code,
     )
 
 
