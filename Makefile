@@ -46,8 +46,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.policies
 	$(BIN)/python -m bench.serve
+	$(BIN)/python -m bench.replay
 	$(BIN)/python -m bench.ope
 	$(BIN)/python -m bench.ope_export
+	$(BIN)/python -m bench.paired --ref 1a8c4e9
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -26,7 +26,12 @@ from cvm_rl.logs.store import DecisionLog
 from server.config import ServerConfig
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.generated.cvm.v1 import decision_pb2_grpc as pb_grpc
-from server.interceptors import HEALTH_SERVICE, BearerTokenInterceptor, MetricsInterceptor
+from server.interceptors import (
+    HEALTH_SERVICE,
+    BearerTokenInterceptor,
+    MetricsInterceptor,
+    RequestParsingInterceptor,
+)
 from server.metrics import ServerMetrics
 from server.model import ServingModel
 from server.servicers import AdminService, DecisionService
@@ -123,10 +128,12 @@ def create_server(address: str, config: ServerConfig) -> tuple[DecisionServer, i
         log_probabilities=config.log_probabilities,
         adopt=adopt,
     )
-    # Metrics first, so that calls refused for want of a token are counted too.
+    # Metrics first, so that calls refused for want of a token or for bytes that do not parse
+    # are counted too; parsing last, so that a caller without the token is told that first.
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(state.metrics)]
     if config.auth_token is not None:
         interceptors.append(BearerTokenInterceptor(config.auth_token))
+    interceptors.append(RequestParsingInterceptor())
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

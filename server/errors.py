@@ -14,6 +14,11 @@ import grpc
 log = logging.getLogger("cvm_rl.server")
 
 _T = TypeVar("_T")
+ECHO_CHARS = 200
+"""At most this many characters of a client's value are echoed in an error message."""
+MESSAGE_CHARS = 2000
+"""Every error message is cut to this many characters (gRPC puts it in a trailer, whose size
+is limited: a longer one would reach the client as RESOURCE_EXHAUSTED instead)."""
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[_T]]
 
 
@@ -24,6 +29,16 @@ class RequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def shown(value: object) -> str:
+    """A client's value as echoed in a message: its repr, clipped."""
+    return clip(repr(value))
 
 
 def invalid(message: str) -> RequestError:
@@ -50,7 +65,7 @@ def rpc(fn: Handler[_T]) -> Handler[_T]:
             check_deadline(context)
             return await fn(self, request, context)
         except RequestError as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, clip(exc.message, MESSAGE_CHARS))
         except grpc.aio.AbortError:
             raise
         except Exception:

@@ -1,7 +1,9 @@
-"""Server interceptors: bearer-token auth, and request metrics for every RPC.
+"""Server interceptors: request metrics for every RPC, bearer-token auth, and the refusal of
+request bytes that do not parse.
 
-The metrics interceptor goes first, so that calls the auth interceptor refuses are counted
-too (as UNAUTHENTICATED).
+The metrics interceptor goes first, so that calls the others refuse are counted too (as
+UNAUTHENTICATED or INVALID_ARGUMENT); the parsing one goes last, so that a caller without
+the token is told so whatever it sent.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     Health checks stay open so that orchestrators can probe without the secret."""
 
     def __init__(self, token: str, open_services: tuple[str, ...] = (HEALTH_SERVICE,)) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
         self._open = tuple(f"/{s}/" for s in open_services)
 
     async def intercept_service(
@@ -41,7 +43,11 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         given = metadata.get("authorization", "")
         given_bytes = given.encode() if isinstance(given, str) else bytes(given)
-        if hmac.compare_digest(given_bytes, self._expected):
+        # The scheme is case-insensitive (RFC 7235 section 2.1): "bearer" is "Bearer".
+        scheme, _, credentials = given_bytes.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(
+            credentials.lstrip(b" "), self._expected
+        ):
             return handler
         return _refusal(handler, "missing or invalid bearer token (metadata 'authorization')")
 
@@ -57,6 +63,66 @@ def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
         yield  # pragma: no cover - makes this an async generator
 
     return _same_shape(handler, abort_unary, abort_stream)
+
+
+class _Unparsable:
+    """What a request deserializer returns, instead of raising, for bytes that do not parse."""
+
+
+_UNPARSABLE = _Unparsable()
+
+
+class RequestParsingInterceptor(grpc.aio.ServerInterceptor):
+    """Answers request bytes that do not parse as the method's message INVALID_ARGUMENT with
+    a plain message (grpc itself would answer UNKNOWN, naming a Python exception), through
+    the interceptors before it, so that they count it. Unary requests only: a streamed
+    request (reflection) is left to grpc."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None or handler.request_streaming:
+            return handler
+        path = handler_call_details.method
+        cached = self._wrapped.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _parse_checked(handler, path)
+        self._wrapped[path] = (handler, wrapped)
+        return wrapped
+
+
+def _parse_checked(handler: grpc.RpcMethodHandler, path: str) -> grpc.RpcMethodHandler:
+    """``handler`` with a deserializer that returns :data:`_UNPARSABLE` on bad bytes, and a
+    behavior that refuses it."""
+    parse = handler.request_deserializer
+    behavior = handler.unary_unary or handler.unary_stream
+    message = f"request: the bytes are not a valid request message of {path}"
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:
+            return _UNPARSABLE
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request is _UNPARSABLE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        return await behavior(request, context)
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request is _UNPARSABLE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        async for response in behavior(request, context):
+            yield response
+
+    # A streaming handler that writes through the context (health's Watch) is awaited.
+    streams = handler.unary_stream is not None and inspect.isasyncgenfunction(behavior)
+    return _same_shape(handler, unary, stream if streams else unary, deserialize)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -148,10 +214,12 @@ def _same_shape(
     handler: grpc.RpcMethodHandler,
     unary_response: Callable[..., Any],
     stream_response: Callable[..., Any],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A handler of ``handler``'s kind and (de)serializers, behaving as one of the two."""
+    """A handler of ``handler``'s kind and (de)serializers (or ``request_deserializer``),
+    behaving as one of the two."""
     kw = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:

@@ -16,14 +16,53 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cvm_rl.logs.store import OutcomeRecord
-from server.errors import invalid
+from server.errors import invalid, shown
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.model import ServingModel
 
+# Bounds of the request's strings (documented in decision.proto and the README).
 MAX_EVENT_ID_LENGTH = 128
+MAX_CUSTOMER_ID_LENGTH = 256
+MAX_NAME_LENGTH = 128  # offer, channel and feature names
+MAX_PATH_BYTES = 4095  # LoadBundle.path, UTF-8 (Linux's PATH_MAX less the final NUL)
+MAX_PATH_COMPONENT_BYTES = 255  # each of its components (Linux's NAME_MAX)
+# Timestamps: from the Unix epoch to the end of year 9999 (protobuf's own upper bound).
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+TIMESTAMP_RANGE = "[1970-01-01T00:00:00Z, 9999-12-31T23:59:59.999999999Z]"
+
+
+def bounded(value: str, limit: int, field: str) -> str:
+    """``value`` if it has at most ``limit`` characters, else INVALID_ARGUMENT naming ``field``."""
+    if len(value) > limit:
+        raise invalid(f"{field}: at most {limit} characters, got {len(value)}")
+    return value
+
+
+def bundle_path(path: str) -> str:
+    """LoadBundle.path, checked for presence and length (a longer path cannot name a file)."""
+    if not path:
+        raise invalid("path: required (a bundle directory on the server)")
+    size = len(path.encode())
+    if size > MAX_PATH_BYTES:
+        raise invalid(f"path: at most {MAX_PATH_BYTES} bytes (UTF-8), got {size}")
+    longest = max(len(part.encode()) for part in path.split("/"))
+    if longest > MAX_PATH_COMPONENT_BYTES:
+        raise invalid(
+            f"path: each component at most {MAX_PATH_COMPONENT_BYTES} bytes (UTF-8), "
+            f"got one of {longest}"
+        )
+    return path
+
+
+def _customer_id(customer_id: str, field: str) -> str:
+    if not customer_id:
+        raise invalid(f"{field}: required (the id outcomes and exports join on)")
+    return bounded(customer_id, MAX_CUSTOMER_ID_LENGTH, field)
 
 
 def _action_index(model: ServingModel, action: pb.Action, field: str) -> int:
+    bounded(action.offer_id, MAX_NAME_LENGTH, f"{field}.offer_id")
+    bounded(action.channel, MAX_NAME_LENGTH, f"{field}.channel")
     if bool(action.offer_id) != bool(action.channel):
         raise invalid(
             f"{field}: offer_id and channel must both be set, or both empty for no contact"
@@ -32,18 +71,19 @@ def _action_index(model: ServingModel, action: pb.Action, field: str) -> int:
     if index is None:
         if action.offer_id not in model.offer_columns:
             raise invalid(
-                f"{field}.offer_id: unknown offer {action.offer_id!r}; known: {model.offers}"
+                f"{field}.offer_id: unknown offer {shown(action.offer_id)}; known: {model.offers}"
             )
         raise invalid(
-            f"{field}.channel: unknown channel {action.channel!r}; known: {model.channels}"
+            f"{field}.channel: unknown channel {shown(action.channel)}; known: {model.channels}"
         )
     return index
 
 
 def _names(names: Sequence[str], known: dict[str, np.ndarray], what: str, field: str) -> None:
     for i, name in enumerate(names):
+        bounded(name, MAX_NAME_LENGTH, f"{field}[{i}]")
         if name not in known:
-            raise invalid(f"{field}[{i}]: unknown {what} {name!r}; known: {list(known)}")
+            raise invalid(f"{field}[{i}]: unknown {what} {shown(name)}; known: {list(known)}")
 
 
 def eligibility_mask(model: ServingModel, elig: pb.Eligibility | None, field: str) -> np.ndarray:
@@ -99,9 +139,7 @@ def new_event_ids(n: int) -> list[str]:
 def _event_id(event_id: str, field: str) -> str:
     if not event_id:
         return new_event_ids(1)[0]
-    if len(event_id) > MAX_EVENT_ID_LENGTH:
-        raise invalid(f"{field}: at most {MAX_EVENT_ID_LENGTH} characters, got {len(event_id)}")
-    return event_id
+    return bounded(event_id, MAX_EVENT_ID_LENGTH, field)
 
 
 @dataclass
@@ -117,8 +155,7 @@ class ParsedRows:
 
 
 def parse_decide(model: ServingModel, req: pb.DecideRequest) -> ParsedRows:
-    if not req.customer_id:
-        raise invalid("customer_id: required (the id outcomes and exports join on)")
+    customer_id = _customer_id(req.customer_id, "customer_id")
     event_id = _event_id(req.event_id, "event_id")
     which = req.WhichOneof("features")
     names = model.feature_names
@@ -135,12 +172,14 @@ def parse_decide(model: ServingModel, req: pb.DecideRequest) -> ParsedRows:
         _check_finite(features, names, "features.dense.values")
     else:
         named = req.named.values
+        for key in named:
+            bounded(key, MAX_NAME_LENGTH, "features.named.values (a key)")
         missing = [n for n in names if n not in named]
         unknown = sorted(k for k in named if k not in model.feature_index)
         if missing or unknown:
             raise invalid(
                 f"features.named.values: must hold exactly the schema's {model.n_features} "
-                f"names; missing {missing}, unknown {unknown}"
+                f"names; missing {shown(missing)}, unknown {shown(unknown)}"
             )
         features = np.array([[named[n] for n in names]], dtype=np.float32)
         _check_finite(features, names, "features.named.values")
@@ -153,7 +192,7 @@ def parse_decide(model: ServingModel, req: pb.DecideRequest) -> ParsedRows:
     )
     return ParsedRows(
         [event_id],
-        [req.customer_id],
+        [customer_id],
         features,
         mask[None, :],
         np.array([baseline]),
@@ -168,8 +207,7 @@ def parse_batch(model: ServingModel, req: pb.DecideBatchRequest, max_rows: int) 
     if n > max_rows:
         raise invalid(f"customer_ids: {n} rows exceed the batch limit of {max_rows}")
     for i, cid in enumerate(req.customer_ids):
-        if not cid:
-            raise invalid(f"customer_ids[{i}]: required (the id outcomes and exports join on)")
+        _customer_id(cid, f"customer_ids[{i}]")
     f = model.n_features
     if req.n_features != f:
         raise invalid(
@@ -182,14 +220,17 @@ def parse_batch(model: ServingModel, req: pb.DecideBatchRequest, max_rows: int) 
     features = np.array(req.features, dtype=np.float32).reshape(n, f)
     names = model.feature_names
     if req.feature_names:
-        given = list(req.feature_names)
+        given = [
+            bounded(x, MAX_NAME_LENGTH, f"feature_names[{i}]")
+            for i, x in enumerate(req.feature_names)
+        ]
         if sorted(given) != sorted(names):
             missing = [x for x in names if x not in given]
             unknown = [x for x in given if x not in model.feature_index]
             raise invalid(
                 f"feature_names: must be a permutation of the schema's {f} names; "
-                f"missing {missing}, unknown {unknown}, duplicated "
-                f"{sorted({x for x in given if given.count(x) > 1})}"
+                f"missing {shown(missing)}, unknown {shown(unknown)}, duplicated "
+                f"{shown(sorted({x for x in given if given.count(x) > 1}))}"
             )
         ordered = np.empty_like(features)
         ordered[:, [model.feature_index[x] for x in given]] = features
@@ -204,7 +245,7 @@ def parse_batch(model: ServingModel, req: pb.DecideBatchRequest, max_rows: int) 
         if len(set(event_ids)) != n:
             first_seen: dict[str, int] = {}
             dup = next(e for i, e in enumerate(event_ids) if first_seen.setdefault(e, i) != i)
-            raise invalid(f"event_ids: must be distinct within a batch; {dup!r} repeats")
+            raise invalid(f"event_ids: must be distinct within a batch; {shown(dup)} repeats")
     else:
         event_ids = new_event_ids(n)
     which = req.WhichOneof("eligibility")
@@ -250,8 +291,9 @@ def parse_outcomes(outcomes: Sequence[pb.Outcome], field: str) -> list[OutcomeRe
         where = field if len(outcomes) == 1 and field == "outcome" else f"{field}[{i}]"
         if not o.event_id:
             raise invalid(f"{where}.event_id: required")
+        bounded(o.event_id, MAX_EVENT_ID_LENGTH, f"{where}.event_id")
         if o.event_id in seen:
-            raise invalid(f"{where}.event_id: {o.event_id!r} repeats within the request")
+            raise invalid(f"{where}.event_id: {shown(o.event_id)} repeats within the request")
         seen.add(o.event_id)
         if not o.HasField("reward"):
             raise invalid(f"{where}.reward: required (the value the policy learns from)")
@@ -276,6 +318,12 @@ def parse_outcomes(outcomes: Sequence[pb.Outcome], field: str) -> list[OutcomeRe
 
 
 def _timestamp_us(ts: Timestamp, field: str) -> int:
-    if ts.seconds < 0 or not 0 <= ts.nanos < 1_000_000_000:
-        raise invalid(f"{field}: must be a valid time after 1970-01-01, got {ts}")
+    """Microseconds since the epoch; INVALID_ARGUMENT outside :data:`TIMESTAMP_RANGE` (the
+    log stores 64-bit integers: a later time would overflow them)."""
+    if not (0 <= ts.seconds <= MAX_TIMESTAMP_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise invalid(
+            f"{field}: must be a valid time in {TIMESTAMP_RANGE} (seconds in "
+            f"[0, {MAX_TIMESTAMP_SECONDS}], nanos in [0, 999999999]), got seconds={ts.seconds}, "
+            f"nanos={ts.nanos}"
+        )
     return ts.seconds * 1_000_000 + ts.nanos // 1000

@@ -21,11 +21,11 @@ import numpy as np
 
 from cvm_rl.logs.schema import LearningMode
 from cvm_rl.logs.store import DecisionBatch, EventConflict, StoredDecision, UnknownEvents, now_us
-from server.errors import RequestError, check_deadline, invalid, rpc
+from server.errors import RequestError, check_deadline, invalid, rpc, shown
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.generated.cvm.v1 import decision_pb2_grpc as pb_grpc
 from server.model import ServingModel
-from server.parsing import ParsedRows, parse_batch, parse_decide, parse_outcomes
+from server.parsing import ParsedRows, bundle_path, parse_batch, parse_decide, parse_outcomes
 from server.responses import Served, model_ref, policy_info
 from server.state import ServingState
 
@@ -225,16 +225,19 @@ class AdminService(pb_grpc.DecisionAdminServicer):
     async def LoadBundle(
         self, request: pb.LoadBundleRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadBundleResponse:
-        if not request.path:
-            raise invalid("path: required (a bundle directory on the server)")
-        if not Path(request.path).exists():
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"path: {request.path} does not exist")
+        path = bundle_path(request.path)
+        try:
+            exists = Path(path).exists()
+        except OSError as exc:
+            raise invalid(f"path: {shown(path)} cannot be read: {exc.strerror}") from None
+        if not exists:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"path: {shown(path)} does not exist")
         loop = asyncio.get_running_loop()
         async with self.state.reload_lock:
             try:
-                model = await loop.run_in_executor(None, self.state.load, request.path, "load")
+                model = await loop.run_in_executor(None, self.state.load, path, "load")
             except ValueError as exc:
-                log.warning("model_refused", extra={"path": request.path, "error": str(exc)})
+                log.warning("model_refused", extra={"path": path, "error": str(exc)})
                 raise invalid(
                     f"path: bundle refused, the active model keeps serving: {exc}"
                 ) from None

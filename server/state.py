@@ -95,7 +95,7 @@ class ServingState:
         try:
             bundle = load_bundle(path)
             model = ServingModel(bundle, self.exploration)
-        except (BundleError, ValueError) as exc:
+        except (BundleError, ValueError, OSError) as exc:
             self.metrics.reloads.labels(reason, "refused").inc()
             raise ValueError(str(exc)) from None
         self._record_activation(model, reason)

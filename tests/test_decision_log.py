@@ -503,3 +503,62 @@ def test_the_wal_stays_bounded_under_steady_writes(tmp_path: Path) -> None:
         # ends up larger than the database; truncating it past its limit keeps it near that.
         assert _file_size(wal) < _file_size(path) / 2
         assert log.count() == 300 * 256
+
+
+class BlobCounter:
+    """A spy on a log's connection: the bytes of every BLOB value its queries return."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.blob_bytes = 0
+
+    def execute(self, *args: Any) -> Any:
+        return _CountingCursor(self.db.execute(*args), self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+class _CountingCursor:
+    def __init__(self, cursor: sqlite3.Cursor, counter: BlobCounter) -> None:
+        self.cursor = cursor
+        self.counter = counter
+
+    def _count(self, rows: list[Any]) -> None:
+        self.counter.blob_bytes += sum(len(v) for row in rows for v in row if isinstance(v, bytes))
+
+    def fetchall(self) -> list[Any]:
+        rows = self.cursor.fetchall()
+        self._count(rows)
+        return rows
+
+    def fetchone(self) -> Any:
+        row = self.cursor.fetchone()
+        if row is not None:
+            self._count([row])
+        return row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cursor, name)
+
+
+def test_a_replayed_batch_reads_its_request_matrices_once(
+    log: DecisionLog, activation: int
+) -> None:
+    # Replaying N rows once read the whole request's matrices back per row (N^2 bytes: a
+    # 10,000-row replay took gigabytes and killed the server). It must read them once.
+    n = 2000
+    batch = make_batch(ids("e", n), activation, seed=9)
+    log.insert_decisions(batch)
+    request_bytes = sum(len(blob or b"") for blob in batch.request_row()[4:])
+    spy = BlobCounter(log._db)
+    log._db = log._reader.db = spy  # type: ignore[assignment]
+    stored = log.insert_decisions(make_batch(ids("e", n), activation, seed=9))
+    assert len(stored) == n
+    assert spy.blob_bytes == request_bytes
+    # The answer carries each row's own slice, decoded.
+    i = n - 1
+    np.testing.assert_array_equal(stored[f"e-{i}"].features, batch.features[i])
+    np.testing.assert_array_equal(stored[f"e-{i}"].eligible, batch.eligible[i])
+    np.testing.assert_array_equal(stored[f"e-{i}"].probabilities, batch.probabilities[i])
+    assert log.count() == n

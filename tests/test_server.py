@@ -48,6 +48,7 @@ from cvm_rl.policies.mlp import MLPPolicy
 from server.app import DecisionServer, running_server
 from server.client import Decision, DecisionClient, Eligibility, Outcome, PolicyInfo
 from server.config import Exploration, ServerConfig
+from server.errors import MESSAGE_CHARS
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.metrics import ServerMetrics
 from server.model import ServingModel, hash_uniforms
@@ -130,6 +131,8 @@ def expect_status(code: grpc.StatusCode, match: str | None = None) -> Iterator[N
         yield
     err = excinfo.value
     assert err.code() == code, f"{err.code()}: {err.details()}"
+    # Messages echo the client's input clipped: a long one would come back RESOURCE_EXHAUSTED.
+    assert len(err.details()) <= MESSAGE_CHARS
     if match is not None:
         assert re.search(match, err.details()), err.details()
 
@@ -1100,8 +1103,132 @@ BAD_REQUESTS = [
         r"^outcomes\[1\]\.reward: required",
         "no-reward",
     ),
+    _case(
+        "ReportOutcome",
+        lambda c: _outcome(event_id=c.known, reward=1.0, reported_at=Timestamp(seconds=10**13)),
+        r"^outcome\.reported_at: must be a valid time in \[1970-01-01T00:00:00Z, "
+        r"9999-12-31T23:59:59\.999999999Z\] .*got seconds=10000000000000",
+        "reported-at-overflow",
+    ),
+    _case(
+        "ReportOutcome",
+        lambda c: _outcome(
+            event_id=c.known, reward=1.0, reported_at=Timestamp(seconds=253_402_300_800)
+        ),
+        r"^outcome\.reported_at: .*seconds in \[0, 253402300799\]",
+        "reported-at-after-9999",
+    ),
+    _case(
+        "ReportOutcome",
+        lambda c: _outcome(event_id=c.known, reward=1.0, reported_at=Timestamp(nanos=-1)),
+        r"^outcome\.reported_at: .*nanos in \[0, 999999999\]",
+        "reported-at-negative-nanos",
+    ),
+    _case(
+        "ReportOutcomes",
+        lambda c: _outcomes(
+            pb.Outcome(event_id=c.known, reward=1.0, reported_at=Timestamp(seconds=2**62))
+        ),
+        r"^outcomes\[0\]\.reported_at: must be a valid time",
+        "reported-at-overflow",
+    ),
+    # String bounds (the echo of a long value is clipped: see expect_status).
+    _case(
+        "Decide",
+        lambda c: _dense(c, customer_id="c" * 1_000_000),
+        r"^customer_id: at most 256 characters, got 1000000",
+        "huge-customer-id",
+    ),
+    _case(
+        "DecideBatch",
+        lambda c: _batch(c, customer_ids=["a", "b" * 257]),
+        r"^customer_ids\[1\]: at most 256 characters, got 257",
+        "long-customer-id",
+    ),
+    _case(
+        "Decide",
+        lambda c: _baseline(c, "o" * 129, "email"),
+        r"^baseline_action\.offer_id: at most 128 characters",
+        "long-baseline-offer",
+    ),
+    _case(
+        "DecideBatch",
+        lambda c: _batch(
+            c, baseline_actions=[pb.Action(), pb.Action(offer_id="x", channel="c" * 129)]
+        ),
+        r"^baseline_actions\[1\]\.channel: at most 128 characters",
+        "long-baseline-channel",
+    ),
+    _case(
+        "Decide",
+        lambda c: _eligible(c, excluded_channels=["x" * 100_000]),
+        r"^eligibility\.excluded_channels\[0\]: at most 128 characters, got 100000",
+        "long-channel-name",
+    ),
+    _case(
+        "Decide",
+        lambda c: _eligible(c, offers=["none", "y" * 129]),
+        r"^eligibility\.eligible_offers\.names\[1\]: at most 128",
+        "long-offer-name",
+    ),
+    _case(
+        "Decide",
+        lambda c: _named(c, extra={"k" * 129: 1.0}),
+        r"^features\.named\.values \(a key\): at most 128",
+        "long-feature-key",
+    ),
+    _case(
+        "Decide",
+        lambda c: _named(c, extra={f"unknown-{i:04d}-" + "k" * 100: 1.0 for i in range(2000)}),
+        NAMED + r".*unknown \['unknown-0000-k+.*\u2026",
+        "many-unknown-features",
+    ),
+    _case(
+        "DecideBatch",
+        lambda c: _batch(c, feature_names=["f" * 129, *c.names[1:]]),
+        r"^feature_names\[0\]: at most 128",
+        "long-feature-name",
+    ),
+    _case(
+        "ReportOutcome",
+        lambda c: _outcome(event_id="e" * 100_000, reward=1.0),
+        r"^outcome\.event_id: at most 128 characters, got 100000",
+        "long-event-id",
+    ),
+    _case(
+        "ReportOutcomes",
+        lambda c: _outcomes(
+            pb.Outcome(event_id=c.known, reward=1.0), pb.Outcome(event_id="e" * 129, reward=1.0)
+        ),
+        r"^outcomes\[1\]\.event_id: at most 128 characters, got 129",
+        "long-event-id",
+    ),
     # Admin
     _case("LoadBundle", lambda c: pb.LoadBundleRequest(), r"^path: required", "no-path"),
+    _case(
+        "LoadBundle",
+        lambda c: pb.LoadBundleRequest(path="/tmp/" + "b" * 256),
+        r"^path: each component at most 255 bytes \(UTF-8\), got one of 256",
+        "long-component",
+    ),
+    _case(
+        "LoadBundle",
+        lambda c: pb.LoadBundleRequest(path="/tmp/" + "\u00e9" * 128),
+        r"^path: each component at most 255 bytes \(UTF-8\), got one of 256",
+        "long-component-utf8",
+    ),
+    _case(
+        "LoadBundle",
+        lambda c: pb.LoadBundleRequest(path="/" + "/".join(["d" * 200] * 21)),
+        r"^path: at most 4095 bytes \(UTF-8\), got 4221",
+        "long-path",
+    ),
+    _case(
+        "LoadBundle",
+        lambda c: pb.LoadBundleRequest(path="/" + "p" * 1_000_000),
+        r"^path: at most 4095 bytes",
+        "huge-path",
+    ),
 ]
 
 
@@ -1251,6 +1378,64 @@ def test_bearer_token_guards_every_service_but_health(start: StartServer, bundle
     assert served.client.decide("c", x).model_id == model_a
     model_b = served.client.load_bundle(bundles.mlp2)
     assert model_b != model_a and served.client.policy_info().model_id == model_b
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_auth_scheme_is_case_insensitive(
+    start: StartServer, bundles: Bundles, scheme: str
+) -> None:
+    served = start(auth_token=TOKEN)
+    x = sample_features(bundles.mlp, 1, seed=21)[0]
+    request = pb.DecideRequest(customer_id="c", dense=pb.FeatureVector(values=x.tolist()))
+    stub = served.client.stub
+    ok = stub.Decide(request, metadata=(("authorization", f"{scheme} {TOKEN}"),), timeout=10)
+    assert ok.decision.customer_id == "c"
+    for refused in (f"{scheme} {TOKEN}x", f"Basic {TOKEN}", f"{scheme}{TOKEN}", TOKEN):
+        with expect_status(grpc.StatusCode.UNAUTHENTICATED, "bearer token"):
+            stub.Decide(request, metadata=(("authorization", refused),), timeout=10)
+    assert served.counts() == (1, 0)
+
+
+GARBAGE = b"\xff\xff\xff\xff not a protobuf message"
+UNARY_METHODS = [
+    "/cvm.v1.DecisionService/Decide",
+    "/cvm.v1.DecisionService/DecideBatch",
+    "/cvm.v1.DecisionService/ReportOutcome",
+    "/cvm.v1.DecisionService/ReportOutcomes",
+    "/cvm.v1.DecisionService/GetPolicyInfo",
+    "/cvm.v1.DecisionAdmin/LoadBundle",
+    "/cvm.v1.DecisionAdmin/RollbackBundle",
+    "/grpc.health.v1.Health/Check",
+]
+
+
+@pytest.mark.parametrize("path", UNARY_METHODS)
+def test_bytes_that_do_not_parse_are_invalid_argument_and_counted(
+    start: StartServer, bundles: Bundles, path: str
+) -> None:
+    served = start(auth_token=TOKEN, token=TOKEN)
+    raw = served.client.channel.unary_unary(
+        path, request_serializer=None, response_deserializer=None
+    )
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+    with expect_status(INVALID, f"^request: the bytes are not a valid request message of {path}$"):
+        raw(GARBAGE, metadata=auth, timeout=10)
+    if not path.startswith("/grpc.health"):
+        # Without the token the caller is told that first, whatever it sent.
+        with expect_status(grpc.StatusCode.UNAUTHENTICATED, "bearer token"):
+            raw(GARBAGE, timeout=10)
+    assert served.counts() == (0, 0)
+    # Counted under its method, and the server keeps serving.
+    key = (("code", "INVALID_ARGUMENT"), ("method", path.rpartition("/")[2]))
+    deadline = time.monotonic() + 10
+    while True:  # counted when the handler returns, a moment after the client has its answer
+        requests = metric_samples(served.server.metrics.text(), "cvm_requests_total")
+        if requests.get(key) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert requests.get(key) == 1, requests
+    x = sample_features(bundles.mlp, 1, seed=22)[0]
+    assert served.client.decide("c", x, event_id="after").event_id == "after"
 
 
 def test_without_auth_no_token_is_needed(served: Served, bundles: Bundles) -> None:

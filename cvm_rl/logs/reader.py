@@ -105,7 +105,8 @@ class DecisionRows:
     outcome's columns; all outcome columns are None where ``has_outcome`` is False).
     ``features``, ``eligible`` and ``probabilities`` hold each decision's slice of its
     request's BLOBs: little-endian float32 per feature, one byte 0/1 per catalog action, and
-    float64 per action (None when the distribution was not logged).
+    float64 per action (None when the distribution was not logged); as bytes, or, when read
+    with ``decode=True``, as array views of the request's decoded matrices.
     """
 
     seq: np.ndarray
@@ -139,27 +140,56 @@ class DecisionRows:
             **{f.name: getattr(self, f.name)[indices] for f in dataclasses.fields(self)}
         )
 
-    def stored(self, i: int) -> StoredDecision:
-        """Row ``i`` as a :class:`StoredDecision` (matrices decoded to arrays)."""
-        baseline = self.baseline_action_index[i]
-        probabilities = self.probabilities[i]
-        return StoredDecision(
-            event_id=self.event_id[i],
-            customer_id=self.customer_id[i],
-            decided_at_us=int(self.decided_at_us[i]),
-            activation=int(self.activation[i]),
-            action_index=int(self.action_index[i]),
-            propensity=float(self.propensity[i]),
-            policy_action_index=int(self.policy_action_index[i]),
-            policy_propensity=float(self.policy_propensity[i]),
-            baseline_action_index=None if baseline is None else int(baseline),
-            explored=bool(self.explored[i]),
-            features=np.frombuffer(self.features[i], dtype="<f4"),
-            eligible=np.frombuffer(self.eligible[i], dtype=np.uint8).astype(bool),
-            probabilities=None
-            if probabilities is None
-            else np.frombuffer(probabilities, dtype="<f8"),
+    def stored(self) -> list[StoredDecision]:
+        """The rows as :class:`StoredDecision` records (matrices decoded to arrays)."""
+        scalars = zip(
+            self.event_id.tolist(),
+            self.customer_id.tolist(),
+            self.decided_at_us.tolist(),
+            self.activation.tolist(),
+            self.action_index.tolist(),
+            self.propensity.tolist(),
+            self.policy_action_index.tolist(),
+            self.policy_propensity.tolist(),
+            self.baseline_action_index.tolist(),
+            self.explored.tolist(),
+            self.features.tolist(),
+            self.eligible.tolist(),
+            self.probabilities.tolist(),
+            strict=True,
         )
+        return [
+            StoredDecision(
+                event_id=event_id,
+                customer_id=customer_id,
+                decided_at_us=decided_at_us,
+                activation=activation,
+                action_index=action_index,
+                propensity=propensity,
+                policy_action_index=policy_action_index,
+                policy_propensity=policy_propensity,
+                baseline_action_index=None if baseline is None else int(baseline),
+                explored=explored,
+                features=_decoded(features, "<f4"),
+                eligible=_decoded(eligible, np.uint8).astype(bool, copy=False),
+                probabilities=None if probabilities is None else _decoded(probabilities, "<f8"),
+            )
+            for (
+                event_id,
+                customer_id,
+                decided_at_us,
+                activation,
+                action_index,
+                propensity,
+                policy_action_index,
+                policy_propensity,
+                baseline,
+                explored,
+                features,
+                eligible,
+                probabilities,
+            ) in scalars
+        ]
 
 
 _DECISION_PART = ("seq", *DECISION_COLUMNS)
@@ -271,8 +301,8 @@ class LogReader:
     # ------------------------------------------------------------------ decisions
     def decisions(self, event_ids: Sequence[str]) -> dict[str, StoredDecision]:
         """Stored decisions by event id (ids never decided are absent)."""
-        rows = self._select_rows(" WHERE d.event_id IN ({marks})", event_ids)
-        return {rows.event_id[i]: rows.stored(i) for i in range(len(rows))}
+        rows = self._select_rows(" WHERE d.event_id IN ({marks})", event_ids, decode=True)
+        return {d.event_id: d for d in rows.stored()}
 
     def n_actions(self, event_ids: Sequence[str]) -> dict[str, int]:
         """The catalog size of each decided event id (ids never decided are absent)."""
@@ -303,10 +333,16 @@ class LogReader:
             yield rows
 
     def _select_rows(
-        self, where: str, keys: Sequence[str] | None, params: tuple[Any, ...] = ()
+        self,
+        where: str,
+        keys: Sequence[str] | None,
+        params: tuple[Any, ...] = (),
+        *,
+        decode: bool = False,
     ) -> DecisionRows:
         """:data:`_ROW_COLUMNS` of the decisions ``where`` selects (by ``keys`` in chunks when
-        given, else with ``params``), with their requests' slices."""
+        given, else with ``params``), with their requests' slices (array views when
+        ``decode``)."""
         sql = self._select_rows_sql + where
         raw = self.db.execute(sql, params).fetchall() if keys is None else self.select_in(sql, keys)
         values = zip(*raw, strict=True) if raw else [()] * len(_ROW_COLUMNS)
@@ -314,13 +350,20 @@ class LogReader:
             name: _column_array(column, _DTYPES.get(name, object))
             for name, column in zip(_ROW_COLUMNS, values, strict=True)
         }
-        return self._with_requests(columns)
+        return self._with_requests(columns, decode)
 
-    def _with_requests(self, columns: dict[str, np.ndarray]) -> DecisionRows:
-        """Each decision's activation and slices of its request's BLOBs (fetched once each)."""
+    def _with_requests(self, columns: dict[str, np.ndarray], decode: bool) -> DecisionRows:
+        """Each decision's activation and slices of its request's BLOBs: each request is
+        fetched once, however many of its decisions are read (a replayed batch of N rows
+        reads its request's matrices once, not N times). ``decode``: the slices are row views
+        of each request's matrices, decoded once, instead of bytes."""
         request, request_row = columns.pop("request"), columns.pop("request_row")
         ids = np.unique(request).tolist()
-        requests = {rid: rest for rid, *rest in self.select_in(_SELECT_REQUESTS, ids)}
+        requests: dict[int, Any] = {
+            rid: rest for rid, *rest in self.select_in(_SELECT_REQUESTS, ids)
+        }
+        if decode:
+            requests = {rid: _decode_request(*rest) for rid, rest in requests.items()}
         n = len(request)
         activation = np.empty(n, dtype=np.int64)
         features, eligible, probabilities = (np.empty(n, dtype=object) for _ in range(3))
@@ -332,6 +375,10 @@ class LogReader:
                     "which the log lacks"
                 )
             activation[i], n_features, n_actions, f, e, p = found
+            if decode:
+                features[i], eligible[i] = f[r], e[r]
+                probabilities[i] = None if p is None else p[r]
+                continue
             features[i] = f[4 * r * n_features : 4 * (r + 1) * n_features]
             eligible[i] = e[r * n_actions : (r + 1) * n_actions]
             probabilities[i] = None if p is None else p[8 * r * n_actions : 8 * (r + 1) * n_actions]
@@ -375,6 +422,25 @@ def activation_positions(seqs: np.ndarray, rows: DecisionRows, where: str) -> np
             f"{rows.activation[bad][0]}, which the log does not hold"
         )
     return pos
+
+
+def _decode_request(
+    activation: int, n_features: int, n_actions: int, f: bytes, e: bytes, p: bytes | None
+) -> tuple[Any, ...]:
+    """A ``requests`` row with its BLOBs as (rows, columns) matrices (read-only views)."""
+    return (
+        activation,
+        n_features,
+        n_actions,
+        np.frombuffer(f, dtype="<f4").reshape(-1, n_features),
+        np.frombuffer(e, dtype=np.uint8).reshape(-1, n_actions).view(np.bool_),
+        None if p is None else np.frombuffer(p, dtype="<f8").reshape(-1, n_actions),
+    )
+
+
+def _decoded(value: bytes | np.ndarray, dtype: Any) -> np.ndarray:
+    """A decision's slice of a request matrix as an array (bytes are decoded, views kept)."""
+    return value if isinstance(value, np.ndarray) else np.frombuffer(value, dtype=dtype)
 
 
 def _column_array(values: Sequence[Any], dtype: Any) -> np.ndarray:

@@ -153,6 +153,26 @@ class DecisionBatch:
             if ((a < 0) | (a >= n_actions)).any():
                 raise ValueError(f"{name} must be in [0, {n_actions})")
 
+    def replay_conflicts(self, stored: dict[str, StoredDecision]) -> list[str]:
+        """The event ids of this batch that ``stored`` holds with other inputs (customer,
+        features, eligibility or baseline), in batch order: compared as whole matrices, so a
+        replay of N rows costs about what deciding them did."""
+        rows = [i for i, event_id in enumerate(self.event_ids) if event_id in stored]
+        if not rows:
+            return []
+        event_ids = [self.event_ids[i] for i in rows]
+        first = [stored[e] for e in event_ids]
+        same = np.array(
+            [d.customer_id == self.customer_ids[i] for d, i in zip(first, rows, strict=True)]
+        )
+        baseline = [
+            -1 if d.baseline_action_index is None else d.baseline_action_index for d in first
+        ]
+        same &= np.asarray(baseline) == np.asarray(self.baseline_action_index)[rows]
+        same &= _rows_equal([d.features for d in first], np.asarray(self.features, "<f4")[rows])
+        same &= _rows_equal([d.eligible for d in first], np.asarray(self.eligible, bool)[rows])
+        return [e for e, ok in zip(event_ids, same.tolist(), strict=True) if not ok]
+
     def request_row(self) -> tuple[Any, ...]:
         """The ``requests`` row of this batch, in ``REQUEST_COLUMNS`` order."""
         n, n_actions = self.eligible.shape
@@ -206,22 +226,6 @@ class StoredDecision:
     features: np.ndarray
     eligible: np.ndarray
     probabilities: np.ndarray | None
-
-    def same_inputs(
-        self,
-        customer_id: str,
-        features: np.ndarray,
-        eligible: np.ndarray,
-        baseline_action_index: int,
-    ) -> bool:
-        """Whether a replay of this event carries the inputs it was first decided on."""
-        baseline = -1 if self.baseline_action_index is None else self.baseline_action_index
-        return (
-            customer_id == self.customer_id
-            and baseline == baseline_action_index
-            and np.array_equal(np.asarray(features, dtype="<f4"), self.features)
-            and np.array_equal(np.asarray(eligible, dtype=bool), self.eligible)
-        )
 
 
 @dataclass(frozen=True)
@@ -279,6 +283,17 @@ class OutcomeRecord:
             received_at_us,
             _optional_int(self.executed_action_index),
         )
+
+
+def _rows_equal(stored: list[np.ndarray], new: np.ndarray) -> np.ndarray:
+    """Per row, whether ``stored[i]`` equals ``new[i]`` (a row of another width never does)."""
+    width = new.shape[1]
+    fits = np.array([len(row) == width for row in stored])
+    equal = np.zeros(len(stored), dtype=bool)
+    if fits.any():
+        same_width = np.stack([row for row, ok in zip(stored, fits, strict=True) if ok])
+        equal[fits] = (same_width == new[fits]).all(axis=1)
+    return equal
 
 
 def _optional_int(value: int | None) -> int | None:

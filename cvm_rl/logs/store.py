@@ -317,17 +317,7 @@ class DecisionLog:
     ) -> dict[str, StoredDecision] | EventConflict:
         with self._transaction() as tx:
             stored = self._reader.decisions(batch.event_ids)
-            conflicts = [
-                event_id
-                for i, event_id in enumerate(batch.event_ids)
-                if event_id in stored
-                and not stored[event_id].same_inputs(
-                    batch.customer_ids[i],
-                    batch.features[i],
-                    batch.eligible[i],
-                    int(batch.baseline_action_index[i]),
-                )
-            ]
+            conflicts = batch.replay_conflicts(stored)
             if conflicts:
                 tx.rollback()
                 return EventConflict(
