@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection_pb2 as reflection_pb
 
 from cvm_rl.bundle import BundleError, load_bundle
 from cvm_rl.logs.store import DecisionLog
@@ -44,8 +45,30 @@ ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["DecisionAdmin"].full_name
 FOLLOW_INTERVAL_S = 0.5
 # WAL checkpoints run on a background thread this often, never inside a request's commit.
 CHECKPOINT_INTERVAL_S = 0.5
-# Room for the largest allowed DecideBatch (rows x features floats plus ids) and more.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(services: list[str], server: grpc.aio.Server) -> None:
+    """Server reflection as ``grpc.reflection.v1`` (what current grpcurl, Java and Go
+    clients ask first) and ``v1alpha`` (older ones). grpcio-reflection implements v1alpha
+    only; v1 is the same protocol under a new package (the same messages, field for field,
+    so the same bytes), so one servicer answers both."""
+    servicer = reflection.aio.ReflectionServicer(
+        [*services, reflection.SERVICE_NAME, REFLECTION_V1]
+    )
+    handlers = {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(name, handlers)
+            for name in (reflection.SERVICE_NAME, REFLECTION_V1)
+        ]
+    )
 
 
 class DecisionServer:
@@ -127,6 +150,7 @@ def create_server(address: str, config: ServerConfig) -> tuple[DecisionServer, i
         max_batch_rows=config.max_batch_rows,
         log_probabilities=config.log_probabilities,
         adopt=adopt,
+        bundle_root=config.loadable_root if config.admin else None,
     )
     # Metrics first, so that calls refused for want of a token or for bytes that do not parse
     # are counted too; parsing last, so that a caller without the token is told that first.
@@ -135,19 +159,20 @@ def create_server(address: str, config: ServerConfig) -> tuple[DecisionServer, i
         interceptors.append(BearerTokenInterceptor(config.auth_token))
     interceptors.append(RequestParsingInterceptor())
     options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # A request over the receive limit is refused by the transport, RESOURCE_EXHAUSTED.
+        ("grpc.max_receive_message_length", config.max_receive_bytes),
+        ("grpc.max_send_message_length", config.max_send_bytes),
         ("grpc.so_reuseport", 1 if config.reuse_port else 0),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
     pb_grpc.add_DecisionServiceServicer_to_server(DecisionService(state), server)
-    services = [DECISION_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME]
+    services = [DECISION_SERVICE, HEALTH_SERVICE]
     if config.admin:
         pb_grpc.add_DecisionAdminServicer_to_server(AdminService(state), server)
         services.append(ADMIN_SERVICE)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(services, server)
+    enable_reflection(services, server)
     if config.tls_cert is not None and config.tls_key is not None:
         credentials = grpc.ssl_server_credentials(
             [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]

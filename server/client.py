@@ -95,6 +95,11 @@ class PolicyInfo:
     exploration: str
     exploration_param: float
     learning_mode: str
+    # The active bundle's activation, and the model id RollbackBundle would restore (None
+    # when there is nothing to roll back to) with how many successive rollbacks would succeed.
+    activation: int = 0
+    rollback_target: str | None = None
+    rollback_depth: int = 0
 
 
 @dataclass(frozen=True)
@@ -337,6 +342,11 @@ class DecisionClient:
             learning_mode=pb.LearningMode.Name(e.learning_mode)
             .removeprefix("LEARNING_MODE_")
             .lower(),
+            activation=resp.active.seq,
+            rollback_target=(
+                resp.rollback_target.model.model_id if resp.HasField("rollback_target") else None
+            ),
+            rollback_depth=resp.rollback_depth,
         )
 
     def load_bundle(self, path: str | Path, *, timeout_s: float | None = None) -> str:

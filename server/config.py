@@ -12,13 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, field_validator, model_validator
+from pydantic import ConfigDict, ValidationInfo, field_validator, model_validator
 
+from cvm_rl.bundle_paths import run_or_bundle_dir
 from cvm_rl.config import ConfigModel
 from cvm_rl.logs.schema import Durability, ExplorationMode, LearningMode, values
 from cvm_rl.policies.base import check_number
 
-DEFAULT_MAX_BATCH_ROWS = 10_000
+DEFAULT_MAX_BATCH_ROWS = 5_000
+"""At most this many rows per DecideBatch: the largest answer then fits the 4 MiB that gRPC
+clients accept by default (Python, Java, Go, Node), in either form, with probabilities and
+ids of the longest allowed ASCII length (``tests/test_server.py`` measures it)."""
+CLIENT_DEFAULT_RECEIVE_BYTES = 4 * 1024 * 1024
+"""gRPC clients' default receive limit (grpc core, grpc-java, grpc-go, @grpc/grpc-js)."""
+DEFAULT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+"""Largest request the server reads (a bigger one is RESOURCE_EXHAUSTED, from the transport):
+room for the largest allowed batch (about 2.5 MB with the longest ids) and its eligibilities."""
+DEFAULT_MAX_SEND_BYTES = 64 * 1024 * 1024
+"""Largest answer the server sends; clients' own receive limit is what usually binds."""
 
 
 class Exploration(ConfigModel):
@@ -78,6 +89,11 @@ class ServerConfig(ConfigModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
+    max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES
+    max_send_bytes: int = DEFAULT_MAX_SEND_BYTES
+    # LoadBundle loads bundles under this directory only (symlinks and `..` resolved first);
+    # None: the directory holding the start bundle (or its run directory).
+    bundle_root: Path | None = None
     # The full distribution per decision (200 bytes at 25 actions); the propensity of the
     # served action is always logged, and the distribution can be recomputed from the logged
     # features with the bundle, so high-volume deployments may turn this off.
@@ -103,6 +119,20 @@ class ServerConfig(ConfigModel):
         if value < 1:
             raise ValueError(f"max_batch_rows must be >= 1, got {value}")
         return value
+
+    @field_validator("max_receive_bytes", "max_send_bytes")
+    @classmethod
+    def _message_bytes(cls, value: int, info: ValidationInfo) -> int:
+        if not 1024 <= value < 2**31:
+            raise ValueError(f"{info.field_name} must be in [1024, 2**31 - 1], got {value}")
+        return value
+
+    @property
+    def loadable_root(self) -> Path:
+        """The resolved directory LoadBundle is confined to."""
+        if self.bundle_root is not None:
+            return self.bundle_root.resolve()
+        return run_or_bundle_dir(self.bundle.resolve()).parent
 
     @field_validator("grace_s")
     @classmethod

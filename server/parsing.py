@@ -11,12 +11,15 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cvm_rl.bundle_paths import bundle_dir
 from cvm_rl.logs.store import OutcomeRecord
-from server.errors import invalid, shown
+from server.errors import RequestError, invalid, shown
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.model import ServingModel
 
@@ -52,6 +55,33 @@ def bundle_path(path: str) -> str:
             f"got one of {longest}"
         )
     return path
+
+
+OUTSIDE_ROOT = (
+    "path: not a directory under the server's bundle root (cvm serve --bundle-root); "
+    "LoadBundle loads bundles from there only"
+)
+
+
+def confined_bundle(path: str, root: Path) -> Path:
+    """LoadBundle.path as the bundle directory to load, confined to ``root`` (resolved).
+
+    A relative path is taken from ``root``; symlinks and ``..`` are resolved before the
+    check; a ``cvm train`` run directory stands for its ``bundle/``. Anything that resolves
+    outside ``root`` is PERMISSION_DENIED with one message whether or not it exists, so a
+    caller learns nothing about the file system outside ``root``."""
+    path = bundle_path(path)
+    try:
+        resolved = Path(os.path.realpath(root / path))
+        inside = resolved == root or root in resolved.parents
+        if inside:
+            resolved = Path(os.path.realpath(bundle_dir(resolved)))
+            inside = resolved == root or root in resolved.parents
+    except (OSError, ValueError):
+        inside = False
+    if not inside:
+        raise RequestError(grpc.StatusCode.PERMISSION_DENIED, OUTSIDE_ROOT)
+    return resolved
 
 
 def _customer_id(customer_id: str, field: str) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cvm_rl.logs.schema import ExplorationMode, LearningMode
+from cvm_rl.logs.store import Activation
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.model import ServingModel
 
@@ -84,7 +85,19 @@ def model_ref(model: ServingModel) -> pb.ModelRef:
     return pb.ModelRef(model_id=model.model_id, model_version=model.version)
 
 
-def policy_info(model: ServingModel) -> pb.GetPolicyInfoResponse:
+def activation_ref(act: Activation, version: str) -> pb.ActivationRef:
+    return pb.ActivationRef(
+        model=pb.ModelRef(model_id=act.model_id, model_version=version),
+        seq=act.seq,
+        reason=act.reason,
+    )
+
+
+def policy_info(
+    model: ServingModel, history: list[Activation], version: Callable[[str], str]
+) -> pb.GetPolicyInfoResponse:
+    """The active model's catalog, schema and settings; its activation and what a rollback
+    would restore from ``history`` (the rollback stack, active bundle last)."""
     e = model.exploration
     exploration = pb.ExplorationSettings(
         mode=EXPLORATION_ENUM[e.mode], learning_mode=LEARNING_ENUM[e.learning_mode]
@@ -93,7 +106,8 @@ def policy_info(model: ServingModel) -> pb.GetPolicyInfoResponse:
         exploration.epsilon = e.param
     elif e.mode == ExplorationMode.SOFTMAX:
         exploration.temperature = e.param
-    return pb.GetPolicyInfoResponse(
+    reason = next((a.reason for a in reversed(history) if a.seq == model.activation), "")
+    out = pb.GetPolicyInfoResponse(
         model=model_ref(model),
         actions=[
             pb.CatalogAction(index=i, name=name, action=pb.Action(offer_id=o, channel=c))
@@ -101,4 +115,9 @@ def policy_info(model: ServingModel) -> pb.GetPolicyInfoResponse:
         ],
         feature_names=model.feature_names,
         exploration=exploration,
+        active=pb.ActivationRef(model=model_ref(model), seq=model.activation, reason=reason),
+        rollback_depth=max(len(history) - 1, 0),
     )
+    if len(history) >= 2:
+        out.rollback_target.CopyFrom(activation_ref(history[-2], version(history[-2].model_id)))
+    return out

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,7 +24,7 @@ from server.errors import RequestError, check_deadline, invalid, rpc, shown
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.generated.cvm.v1 import decision_pb2_grpc as pb_grpc
 from server.model import ServingModel
-from server.parsing import ParsedRows, bundle_path, parse_batch, parse_decide, parse_outcomes
+from server.parsing import ParsedRows, confined_bundle, parse_batch, parse_decide, parse_outcomes
 from server.responses import Served, model_ref, policy_info
 from server.state import ServingState
 
@@ -212,7 +211,8 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
     async def GetPolicyInfo(
         self, request: pb.GetPolicyInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetPolicyInfoResponse:
-        return policy_info(self.state.current)
+        state = self.state
+        return policy_info(state.current, state.history(), state.model_version)
 
 
 class AdminService(pb_grpc.DecisionAdminServicer):
@@ -225,13 +225,18 @@ class AdminService(pb_grpc.DecisionAdminServicer):
     async def LoadBundle(
         self, request: pb.LoadBundleRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadBundleResponse:
-        path = bundle_path(request.path)
-        try:
-            exists = Path(path).exists()
-        except OSError as exc:
-            raise invalid(f"path: {shown(path)} cannot be read: {exc.strerror}") from None
-        if not exists:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"path: {shown(path)} does not exist")
+        root = self.state.bundle_root
+        if root is None:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION, "this server has no bundle root to load from"
+            )
+        resolved = confined_bundle(request.path, root)
+        if not resolved.exists():
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"path: {shown(request.path)} does not exist under the bundle root",
+            )
+        path = str(resolved)
         loop = asyncio.get_running_loop()
         async with self.state.reload_lock:
             try:

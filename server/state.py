@@ -1,10 +1,17 @@
 """The serving state of one process: the active model, its activation history (for rollback
-and for following reloads made by other workers), the log writer and the metrics."""
+and for following reloads made by other workers), the log writer and the metrics.
+
+The rollback history is a stack derived from the activations alone (the log's
+``activations`` table with a log, this process's own list without), so every worker on one
+log sees the same history: ``start`` and ``load`` push their bundle (a bundle equal to the
+top replaces it), ``rollback`` pops the bundle it leaves. At most :data:`HISTORY_DEPTH`
+bundles are kept; a rollback restores the one below the top."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 from cvm_rl.bundle import BundleError, load_bundle
 from cvm_rl.logs.schema import ExplorationMode, LearningMode
@@ -15,6 +22,28 @@ from server.model import ServingModel
 from server.writer import LogWriter
 
 log = logging.getLogger("cvm_rl.server")
+
+HISTORY_DEPTH = 16
+"""Bundles the rollback history keeps (the active one included): 15 successive rollbacks."""
+ROLLBACK = "rollback"
+
+
+def rollback_history(activations: list[Activation], depth: int = HISTORY_DEPTH) -> list[Activation]:
+    """The rollback stack after ``activations`` (oldest first): its top is the active
+    bundle's activation, the entry below it what a rollback restores."""
+    stack: list[Activation] = []
+    for act in activations:
+        if act.reason == ROLLBACK and stack:
+            stack.pop()
+            if stack:
+                stack[-1] = act  # the restored bundle, under its new activation
+                continue
+        if stack and stack[-1].model_id == act.model_id:
+            stack[-1] = act
+        else:
+            stack.append(act)
+        del stack[:-depth]
+    return stack
 
 
 def record_activation(decision_log: DecisionLog, model: ServingModel, reason: str) -> Activation:
@@ -46,15 +75,19 @@ class ServingState:
         log_probabilities: bool = True,
         reason: str = "start",
         adopt: Activation | None = None,
+        bundle_root: Path | None = None,
     ) -> None:
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1, got {max_batch_rows}")
         self.log = decision_log
+        # LoadBundle loads from under this resolved directory only (None: no admin loads).
+        self.bundle_root = bundle_root
         self.metrics = metrics
         self.max_batch_rows = max_batch_rows
         self.log_probabilities = log_probabilities
         self.exploration = model.exploration
         self._local: list[Activation] = []  # activations of this process when there is no log
+        self._versions: dict[str, str] = {}  # model id -> version, of the bundles loaded here
         self._refused = 0  # newest activation made elsewhere that this process could not load
         self.writer = None if decision_log is None else LogWriter(decision_log)
         self.reload_lock = asyncio.Lock()
@@ -77,6 +110,7 @@ class ServingState:
 
     def _record_activation(self, model: ServingModel, reason: str) -> None:
         e = model.exploration
+        self._versions[model.model_id] = model.version
         if self.log is not None:
             act = record_activation(self.log, model, reason)
         else:
@@ -107,13 +141,25 @@ class ServingState:
         )
         return model
 
+    def history(self) -> list[Activation]:
+        """The rollback stack (see the module's doc), the active bundle last."""
+        return rollback_history(self.activations())
+
     def rollback_target(self) -> Activation:
-        """The newest earlier activation of a different bundle (LookupError when none)."""
-        current = self.current
-        for act in reversed(self.activations()):
-            if act.seq < current.activation and act.model_id != current.model_id:
-                return act
-        raise LookupError("no earlier bundle to roll back to")
+        """What a rollback restores: the bundle active before the current one was loaded
+        (LookupError when there is none)."""
+        stack = self.history()
+        if len(stack) < 2:
+            raise LookupError("no earlier bundle to roll back to")
+        return stack[-2]
+
+    def model_version(self, model_id: str) -> str:
+        """The version of a bundle this process or, through the log, another one activated."""
+        version = self._versions.get(model_id)
+        if version is None and self.log is not None:
+            record = self.log.models().get(model_id)
+            version = None if record is None else record.model_version
+        return version or ""
 
     def follow(self) -> None:
         """Adopt the log's newest activation if another process made one."""

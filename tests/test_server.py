@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import math
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -42,17 +43,25 @@ from server_fixtures import (
 
 from cvm_rl.bundle import load_bundle, save_bundle
 from cvm_rl.config import error_message
-from cvm_rl.logs.store import DecisionLog, ModelRecord
+from cvm_rl.logs.store import Activation, DecisionLog, ModelRecord
 from cvm_rl.policies.bandits import LinTSPolicy
 from cvm_rl.policies.mlp import MLPPolicy
 from server.app import DecisionServer, running_server
 from server.client import Decision, DecisionClient, Eligibility, Outcome, PolicyInfo
-from server.config import Exploration, ServerConfig
+from server.config import (
+    CLIENT_DEFAULT_RECEIVE_BYTES,
+    DEFAULT_MAX_BATCH_ROWS,
+    DEFAULT_MAX_RECEIVE_BYTES,
+    Exploration,
+    ServerConfig,
+)
 from server.errors import MESSAGE_CHARS
 from server.generated.cvm.v1 import decision_pb2 as pb
+from server.generated.cvm.v1 import decision_pb2_grpc as pb_grpc
 from server.metrics import ServerMetrics
 from server.model import ServingModel, hash_uniforms
-from server.state import ServingState
+from server.parsing import OUTSIDE_ROOT
+from server.state import HISTORY_DEPTH, ServingState, rollback_history
 from simulator.config import load_scenario
 
 TOKEN = "s3cret-token"
@@ -1330,6 +1339,7 @@ def test_online_mode_logs_the_baseline_beside_the_policy_draw(
         ({"auth_token": ""}, r"^auth_token must not be empty"),
         ({"grace_s": -1.0}, r"^grace_s must be >= 0, got -1.0$"),
         ({"max_batch_rows": 0}, r"^max_batch_rows must be >= 1, got 0$"),
+        ({"max_receive_bytes": 10}, r"^max_receive_bytes must be in \[1024, 2\*\*31 - 1\]"),
         ({"synchronous": "sometimes"}, r"^synchronous: .*'normal' or 'full'"),
         ({"exploration": {"mode": "greedy"}}, r"^exploration mode must be one of"),
         ({"exploration": {"learning_mode": "x"}}, r"^learning_mode must be one of"),
@@ -1471,8 +1481,11 @@ def test_tls_serves_clients_that_trust_the_ca_only(
 
 # --------------------------------------------------------------------------- hot reload
 def test_load_and_rollback_switch_the_model(
-    served: Served, bundles: Bundles, tmp_path: Path
+    start: StartServer, bundles: Bundles, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    tmp_path = tmp_path_factory.mktemp("refused-bundles")
+    # The test bundles and the refused copies share pytest's base temp directory.
+    served = start(bundle_root=tmp_path_factory.getbasetemp())
     manifest_a, manifest_b = (load_bundle(b).manifest for b in (bundles.mlp, bundles.mlp2))
     x = sample_features(bundles.mlp, 2, seed=22)
     first = served.client.decide("c", x[0], event_id="before")
@@ -1571,6 +1584,171 @@ def test_without_a_log_decisions_work_and_outcomes_are_refused(
         served.client.report_outcome("nolog", 1.0)
 
 
+def test_rollbacks_walk_back_through_the_history(
+    start: StartServer, bundles: Bundles, tmp_path: Path
+) -> None:
+    a, b, c = bundles.mlp, bundles.mlp2, bundles.rules
+    ids = [load_bundle(x).manifest["model_id"] for x in (a, b, c)]
+    for served in (start(bundle=a), start(bundle=a, log=False)):
+        info = served.client.policy_info()
+        assert (info.model_id, info.rollback_target, info.rollback_depth) == (ids[0], None, 0)
+        for x in (b, c):
+            served.client.load_bundle(x)
+        info = served.client.policy_info()
+        assert (info.model_id, info.rollback_target, info.rollback_depth) == (ids[2], ids[1], 2)
+        for expected, target, depth in ((ids[1], ids[0], 1), (ids[0], None, 0)):
+            assert served.client.rollback() == expected
+            info = served.client.policy_info()
+            assert (info.model_id, info.rollback_target, info.rollback_depth) == (
+                expected,
+                target,
+                depth,
+            )
+        with expect_status(grpc.StatusCode.FAILED_PRECONDITION, "no earlier bundle"):
+            served.client.rollback()
+        assert served.client.policy_info().model_id == ids[0]
+        # A load after rollbacks starts a new branch: a rollback returns to A.
+        served.client.load_bundle(c)
+        assert served.client.policy_info().rollback_target == ids[0]
+
+
+def test_the_rollback_history_is_shared_through_the_log(
+    start: StartServer, bundles: Bundles, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared.db"
+    one, two = start(log=shared), start(log=shared, adopt_latest=True)
+    ids = [one.client.load_bundle(x) for x in (bundles.mlp2, bundles.rules)]
+    deadline = time.monotonic() + 10
+    while two.client.policy_info().model_id != ids[1]:
+        assert time.monotonic() < deadline, "the second server never followed the reload"
+        time.sleep(0.05)
+    assert two.client.policy_info().rollback_target == ids[0]
+    assert two.client.rollback() == ids[0]  # the other worker's rollback goes on from there
+    while one.client.policy_info().model_id != ids[0]:
+        assert time.monotonic() < deadline, "the first server never followed the rollback"
+        time.sleep(0.05)
+    assert one.client.rollback() == load_bundle(bundles.mlp).manifest["model_id"]
+
+
+def test_rollback_history_is_bounded() -> None:
+    acts = [
+        Activation(i + 1, f"m{i}", f"/b/{i}", "online", "policy", 0.0, "load") for i in range(40)
+    ]
+    stack = rollback_history(acts)
+    assert len(stack) == HISTORY_DEPTH and stack[-1].model_id == "m39"
+    assert stack[0].model_id == f"m{40 - HISTORY_DEPTH}"
+
+
+@pytest.fixture
+def bundle_tree(bundles: Bundles, tmp_path: Path) -> Path:
+    """``root/`` with a bundle, a run directory and symlinks in and out; ``outside/`` beside
+    it with a bundle; returns ``root``."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    shutil.copytree(bundles.mlp2, root / "b")
+    shutil.copytree(bundles.rules, root / "run" / "bundle")
+    shutil.copytree(bundles.mlp2, outside / "b")
+    (root / "link-out").symlink_to(outside / "b")
+    (root / "link-in").symlink_to(root / "b")
+    (root / "dir").mkdir()
+    return root
+
+
+OK = grpc.StatusCode.OK
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+LOAD_PATHS = [
+    ("outside-bundle", "{outside}/b", DENIED),
+    ("outside-missing", "{outside}/missing", DENIED),
+    ("outside-dir", "{outside}", DENIED),
+    ("filesystem-root", "/", DENIED),
+    ("etc", "/etc/passwd", DENIED),
+    ("dotdot-relative", "../outside/b", DENIED),
+    ("dotdot-absolute", "{root}/b/../../outside/b", DENIED),
+    ("dotdot-missing", "{root}/../nowhere/x", DENIED),
+    ("symlink-out", "{root}/link-out", DENIED),
+    ("symlink-out-relative", "link-out", DENIED),
+    ("missing-inside", "{root}/missing", grpc.StatusCode.NOT_FOUND),
+    ("not-a-bundle-inside", "{root}/dir", INVALID),
+    ("bundle-absolute", "{root}/b", OK),
+    ("bundle-relative", "b", OK),
+    ("dotdot-inside", "{root}/dir/../b", OK),
+    ("symlink-in", "{root}/link-in", OK),
+    ("run-directory", "{root}/run", OK),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "code"), [p[1:] for p in LOAD_PATHS], ids=[p[0] for p in LOAD_PATHS]
+)
+def test_load_bundle_is_confined_to_the_bundle_root(
+    start: StartServer, bundles: Bundles, bundle_tree: Path, path: str, code: grpc.StatusCode
+) -> None:
+    served = start(bundle_root=bundle_tree)
+    before = served.client.policy_info().model_id
+    given = path.format(root=bundle_tree, outside=bundle_tree.parent / "outside")
+    if code == OK:
+        assert served.client.load_bundle(given) != before
+    else:
+        # One message for every path outside the root, whether it exists or not.
+        match = "^" + re.escape(OUTSIDE_ROOT) + "$" if code == DENIED else None
+        with expect_status(code, match):
+            served.client.load_bundle(given)
+        assert served.client.policy_info().model_id == before
+    x = sample_features(bundles.mlp, 1, seed=40)[0]
+    assert served.client.decide("c", x).model_id == served.client.policy_info().model_id
+
+
+def test_the_default_bundle_root_is_the_start_bundles_directory(
+    start: StartServer, bundle_tree: Path
+) -> None:
+    # A run directory's bundle: the root is the directory holding the run directory.
+    served = start(bundle=bundle_tree / "run" / "bundle")
+    assert served.client.load_bundle(bundle_tree / "b")
+    with expect_status(DENIED):
+        served.client.load_bundle(bundle_tree.parent / "outside" / "b")
+
+
+# --------------------------------------------------------------------------- sizes
+def test_the_largest_allowed_batch_answer_fits_a_default_client(
+    start: StartServer, bundles: Bundles
+) -> None:
+    rows = DEFAULT_MAX_BATCH_ROWS
+    served = start(log=False)
+    x = sample_features(bundles.mlp, rows, seed=41)
+    # The longest ids allowed: their echo is most of the per-row answer.
+    request = pb.DecideBatchRequest(
+        event_ids=[f"{i:0128d}" for i in range(rows)],
+        customer_ids=[f"{i:0256d}" for i in range(rows)],
+        features=x.ravel().tolist(),
+        n_features=x.shape[1],
+        return_probabilities=True,
+    )
+    assert request.ByteSize() < DEFAULT_MAX_RECEIVE_BYTES
+    # A channel with gRPC's default receive limit, as a campaign engine would open.
+    with grpc.insecure_channel(served.target) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        sizes = {}
+        for packed in (False, True):
+            request.packed = packed
+            answer = stub.DecideBatch(request, timeout=60)
+            sizes[packed] = answer.ByteSize()
+            assert sizes[packed] < CLIENT_DEFAULT_RECEIVE_BYTES
+    print(
+        f"request {request.ByteSize():,} B; answer per-row {sizes[False]:,} B, "
+        f"packed {sizes[True]:,} B"
+    )
+
+
+def test_a_request_over_the_receive_limit_is_resource_exhausted(
+    start: StartServer, bundles: Bundles
+) -> None:
+    served = start(max_receive_bytes=64 * 1024)
+    x = sample_features(bundles.mlp, 1000, seed=42)
+    with expect_status(grpc.StatusCode.RESOURCE_EXHAUSTED):
+        served.client.decide_batch([f"c{i}" for i in range(1000)], x)
+    assert served.counts() == (0, 0)
+    assert served.client.decide_batch(["c0"], x[:1])[0].customer_id == "c0"
+
+
 # --------------------------------------------------------------------------- operations
 def test_health_and_reflection(served: Served) -> None:
     for service in ("", "cvm.v1.DecisionService", "cvm.v1.DecisionAdmin"):
@@ -1582,6 +1760,30 @@ def test_health_and_reflection(served: Served) -> None:
     responses = stub.ServerReflectionInfo(iter([request]), timeout=10)
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"cvm.v1.DecisionService", "cvm.v1.DecisionAdmin", "grpc.health.v1.Health"} <= names
+
+
+def test_reflection_v1_lists_the_services(served: Served) -> None:
+    # grpcio-reflection ships v1alpha stubs only; v1's messages are the same field for field,
+    # so its stubs under v1's method name make a v1 client (what grpcurl asks first).
+    call = served.client.channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    names = {
+        s.name for r in call(iter([request]), timeout=10) for s in r.list_services_response.service
+    }
+    assert {
+        "cvm.v1.DecisionService",
+        "cvm.v1.DecisionAdmin",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    symbol = reflection_pb2.ServerReflectionRequest(file_containing_symbol="cvm.v1.DecisionService")
+    (answer,) = list(call(iter([symbol]), timeout=10))
+    assert answer.file_descriptor_response.file_descriptor_proto
 
 
 def test_metrics_count_requests_by_code_and_decisions(served: Served, bundles: Bundles) -> None:

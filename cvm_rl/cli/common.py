@@ -10,7 +10,8 @@ import argparse
 import contextlib
 import math
 from collections.abc import Iterator
-from pathlib import Path
+
+from cvm_rl.bundle_paths import bundle_dir as bundle_dir  # re-exported for the commands
 
 HELD_OUT_SEED_START = 1000
 """Held-out evaluation populations are seeds 1000 and up; training uses 0..999 and
@@ -91,14 +92,6 @@ def seeds_from_args(args: argparse.Namespace) -> list[int]:
 
 def add_scenario_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", default="default", help="built-in name or TOML path")
-
-
-def bundle_dir(path: str | Path) -> Path:
-    """A bundle directory, or a ``cvm train`` run directory holding one."""
-    from cvm_rl.bundle import MANIFEST_FILE
-
-    root = Path(path)
-    return root / "bundle" if (root / "bundle" / MANIFEST_FILE).is_file() else root
 
 
 @contextlib.contextmanager

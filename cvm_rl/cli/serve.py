@@ -33,6 +33,8 @@ _OPTIONS = {
     "tls_cert": "--tls-cert",
     "tls_key": "--tls-key",
     "max_batch_rows": "--max-batch-rows",
+    "max_receive_bytes": "--max-request-bytes",
+    "bundle_root": "--bundle-root",
     "synchronous": "--durability",
     "metrics_port": "--metrics-port",
     "grace_s": "--grace",
@@ -90,7 +92,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", help="PEM certificate chain (TLS on with --tls-key)")
     parser.add_argument("--tls-key", help="PEM private key (TLS on with --tls-cert)")
     parser.add_argument(
-        "--max-batch-rows", type=int, default=10_000, help="most rows one DecideBatch may hold"
+        "--max-batch-rows",
+        type=int,
+        default=5_000,  # server.config.DEFAULT_MAX_BATCH_ROWS (not imported: --help stays light)
+        help="most rows one DecideBatch may hold (the default keeps the largest answer under "
+        "the 4 MiB gRPC clients accept by default)",
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=16 * 1024 * 1024,
+        help="largest request message read; a bigger one is RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--bundle-root",
+        help="DecisionAdmin.LoadBundle loads bundles (or run directories) under this directory "
+        "only (default: the directory holding --bundle)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -161,6 +178,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise CliError(f"--workers: must be >= 1, got {args.workers}")
     if args.max_batch_rows < 1:
         raise CliError(f"--max-batch-rows: must be >= 1, got {args.max_batch_rows}")
+    if args.bundle_root is not None and not Path(args.bundle_root).is_dir():
+        raise CliError(f"--bundle-root: {args.bundle_root} is not a directory")
     if not 0 <= args.port < 65536:
         raise CliError(f"--port: must be in [0, 65535], got {args.port}")
     try:
@@ -172,6 +191,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             max_batch_rows=args.max_batch_rows,
+            max_receive_bytes=args.max_request_bytes,
+            bundle_root=args.bundle_root,
             log_probabilities=not args.no_log_probabilities,
             synchronous=Durability(args.durability),
             admin=not args.no_admin,

@@ -265,16 +265,32 @@ class ExplorationSettings(_message.Message):
     def __init__(self, mode: _Optional[_Union[ExplorationMode, str]] = ..., epsilon: _Optional[float] = ..., temperature: _Optional[float] = ..., learning_mode: _Optional[_Union[LearningMode, str]] = ...) -> None: ...
 
 class GetPolicyInfoResponse(_message.Message):
-    __slots__ = ("model", "actions", "feature_names", "exploration")
+    __slots__ = ("model", "actions", "feature_names", "exploration", "active", "rollback_target", "rollback_depth")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     EXPLORATION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_TARGET_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     actions: _containers.RepeatedCompositeFieldContainer[CatalogAction]
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     exploration: ExplorationSettings
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[CatalogAction, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., exploration: _Optional[_Union[ExplorationSettings, _Mapping]] = ...) -> None: ...
+    active: ActivationRef
+    rollback_target: ActivationRef
+    rollback_depth: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[CatalogAction, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., exploration: _Optional[_Union[ExplorationSettings, _Mapping]] = ..., active: _Optional[_Union[ActivationRef, _Mapping]] = ..., rollback_target: _Optional[_Union[ActivationRef, _Mapping]] = ..., rollback_depth: _Optional[int] = ...) -> None: ...
+
+class ActivationRef(_message.Message):
+    __slots__ = ("model", "seq", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    seq: int
+    reason: str
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class LoadBundleRequest(_message.Message):
     __slots__ = ("path",)

@@ -312,16 +312,21 @@ class DecisionAdminServicer:
 
     def LoadBundle(self, request, context):
         """Loads and validates a bundle, then makes it the active model; the previously active one
-        is kept for RollbackBundle. A bundle that fails validation is INVALID_ARGUMENT (or
-        NOT_FOUND for a missing path) and leaves the active model unchanged.
+        is kept for RollbackBundle. Only bundles under the server's bundle root load (`cvm serve
+        --bundle-root`, by default the directory holding the start bundle): a path that
+        resolves outside it (symlinks and ".." resolved first) is PERMISSION_DENIED with the same
+        message whether or not it exists. Under the root, a missing path is NOT_FOUND and a
+        bundle that fails validation INVALID_ARGUMENT; both leave the active model unchanged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RollbackBundle(self, request, context):
-        """Reactivates the bundle that was active before the last LoadBundle.
-        FAILED_PRECONDITION when there is none.
+        """Reactivates the bundle that was active before the current one was loaded; successive
+        calls walk further back through a history of the last 16 bundles (load A, B, C; rollback
+        gives B, rollback again gives A). FAILED_PRECONDITION when there is nothing to roll back
+        to. GetPolicyInfoResponse.rollback_target says what a call would restore.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
