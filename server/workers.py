@@ -2,7 +2,8 @@
 
 They share the decision log, and a hot reload sent to any of them reaches all through it
 (each follows the log's newest activation). The parent records the starting activation once,
-then only forwards SIGTERM/SIGINT and waits.
+serves ``--metrics-port`` for all workers (prometheus_client's multiprocess mode, see
+:mod:`server.metrics`), forwards SIGTERM/SIGINT and waits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ from server.app import load_serving_model, serve
 from server.client import DecisionClient
 from server.config import ServerConfig
 from server.jsonlog import configure_logging
+from server.metrics import (
+    MULTIPROC_ENV,
+    mark_worker_dead,
+    multiprocess_dir,
+    remove_multiprocess_dir,
+    serve_multiprocess_metrics,
+)
 from server.state import record_activation
 
 
@@ -62,18 +70,29 @@ def run_workers(
     reserved = reserve_port(host, port)
     bound = reserved.getsockname()[1]
     address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+    metrics: tuple[Path, bool] | None = None
+    if config.metrics_port is not None:
+        metrics = multiprocess_dir()
     ctx = multiprocessing.get_context("spawn")
     procs = []
-    for i in range(workers):
-        worker_config = config.replace(
-            reuse_port=True,
-            adopt_latest=True,
-            metrics_port=None if config.metrics_port is None else config.metrics_port + i,
-        )
-        proc = ctx.Process(target=_worker_main, args=(address, worker_config), daemon=False)
-        proc.start()
-        procs.append(proc)
+    worker_config = config.replace(reuse_port=True, adopt_latest=True, metrics_port=None)
+    previous_env = os.environ.get(MULTIPROC_ENV)
+    if metrics is not None:  # the spawned workers inherit it: multiprocess mode
+        os.environ[MULTIPROC_ENV] = str(metrics[0])
+    try:
+        for _ in range(workers):
+            proc = ctx.Process(target=_worker_main, args=(address, worker_config), daemon=False)
+            proc.start()
+            procs.append(proc)
+    finally:
+        if previous_env is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous_env
     reserved.close()
+    if metrics is not None:
+        assert config.metrics_port is not None
+        serve_multiprocess_metrics(config.metrics_port, metrics[0])
     if ready_file is not None:
         _wait_until_serving(address, config)
         write_ready_file(ready_file, bound, [p.pid for p in procs if p.pid is not None])
@@ -87,6 +106,10 @@ def run_workers(
     signal.signal(signal.SIGINT, forward)
     for p in procs:
         p.join()
+        if metrics is not None and p.pid is not None:
+            mark_worker_dead(p.pid, metrics[0])
+    if metrics is not None and metrics[1]:
+        remove_multiprocess_dir(metrics[0])
     return max((p.exitcode or 0) for p in procs)
 
 

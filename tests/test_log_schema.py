@@ -40,7 +40,7 @@ def digest(path: Path) -> str:
 
 
 def test_the_migrations_lead_to_the_current_version() -> None:
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
     assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION))
 
 
@@ -60,7 +60,8 @@ def test_a_v1_log_is_upgraded_to_the_tables_of_a_new_log(v1_log: Path, tmp_path:
         assert log.get_outcomes(["e2"])["e2"].executed_action_index == 0
     assert schema_version(v1_log) == str(SCHEMA_VERSION)
     DecisionLog(tmp_path / "new.db").close()
-    for table in ("meta", "models", "activations", "requests", "decisions", "outcomes"):
+    tables = ("meta", "models", "activations", "requests", "decisions", "outcomes", "exports")
+    for table in tables:
         assert table_columns(v1_log, table) == table_columns(tmp_path / "new.db", table), table
     with DecisionLog(v1_log) as again:  # upgrading is done once
         assert again.count("outcomes") == 3
@@ -106,7 +107,7 @@ def test_a_v1_log_is_read_as_it_is(v1_log: Path, tmp_path: Path) -> None:
     assert digest(v1_log) == before  # reading never upgrades
 
 
-@pytest.mark.parametrize("version", ["0", "3", "99", "two"])
+@pytest.mark.parametrize("version", ["0", "4", "99", "two"])
 def test_other_versions_are_refused_by_the_store_and_the_reader(
     tmp_path: Path, version: str
 ) -> None:
@@ -117,7 +118,7 @@ def test_other_versions_are_refused_by_the_store_and_the_reader(
     db.close()
     before = digest(path)
     message = (
-        rf"log\.db: schema_version {version}, but this cvm-rl reads {SCHEMA_VERSION} \(and 1\)"
+        rf"log\.db: schema_version {version}, but this cvm-rl reads {SCHEMA_VERSION} \(and 1, 2\)"
     )
     with pytest.raises(DecisionLogError, match=message):
         DecisionLog(path)

@@ -17,12 +17,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from server_fixtures import Bundles, log_counts, make_bundles, sample_features
 
 from cvm_rl.cli import main as cvm_main
@@ -63,27 +65,22 @@ def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
     return alive
 
 
-def _free_port_pair() -> int:
-    """A port P with P + 1 also free (for two workers' metrics servers)."""
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return int(port)
-    raise AssertionError("no pair of free consecutive ports")
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def _decide_ok(metrics_url: str) -> float:
+def _scrape(metrics_url: str) -> list[Sample]:
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
         text = response.read().decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def _decide_ok(samples: Iterable[Sample]) -> float:
     return sum(
         s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
+        for s in samples
         if s.name == "cvm_requests_total" and s.labels == {"method": "Decide", "code": "OK"}
     )
 
@@ -161,19 +158,37 @@ def test_sigterm_stops_gracefully_with_the_log_intact(bundles: Bundles, tmp_path
 
 @pytest.mark.slow
 # --------------------------------------------------------------------------- workers
-def test_two_workers_share_the_port_and_follow_a_reload(bundles: Bundles, tmp_path: Path) -> None:
+def test_two_workers_share_the_port_and_follow_a_reload(
+    bundles: Bundles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = tmp_path / "decisions.db"
-    metrics_port = _free_port_pair()
+    metrics_port = _free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    metrics_dir = tmp_path / "metrics"  # given, so the test can look at each worker's files
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_1.db").write_bytes(b"an earlier run's file")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     args = ("--bundle", str(bundles.mlp), "--log", str(log), "--workers", "2")
     x = sample_features(bundles.mlp, 50, seed=3)
     with cvm_serve(tmp_path, *args, "--metrics-port", str(metrics_port)) as srv:
         assert len(srv.pids) == 2 and len(set(srv.pids)) == 2 and srv.proc.pid not in srv.pids
         assert all(_alive(pid) for pid in srv.pids)
+        assert not (metrics_dir / "counter_1.db").exists()  # cleaned at start
         # Fresh connections are spread over the workers by SO_REUSEPORT.
         for i in range(50):
             with DecisionClient(srv.target) as client:
                 assert client.decide(f"c{i}", x[i], event_id=f"w-{i}").event_id == f"w-{i}"
-        served = [_decide_ok(f"http://127.0.0.1:{metrics_port + i}/metrics") for i in range(2)]
+        # One scrape of the one port gives the total over both workers...
+        assert _decide_ok(_scrape(metrics_url)) == 50
+        # ...which each worker's own file shows it took part in.
+        served = [
+            _decide_ok(
+                s
+                for metric in MultiProcessCollector.merge([str(metrics_dir / f"counter_{pid}.db")])
+                for s in metric.samples
+            )
+            for pid in srv.pids
+        ]
         assert sum(served) == 50 and min(served) > 0, served
         assert log_counts(log) == (50, 0)
 
@@ -190,11 +205,21 @@ def test_two_workers_share_the_port_and_follow_a_reload(bundles: Bundles, tmp_pa
         for i in range(10):
             with DecisionClient(srv.target) as client:
                 assert client.decide("c", x[i]).model_id == model_b
+        # The active model per live worker: both on model B, model A at 0.
+        info = [s for s in _scrape(metrics_url) if s.name == "cvm_model_info"]
+        active = {(s.labels["pid"], s.labels["model_id"]) for s in info if s.value == 1}
+        assert active == {(str(pid), model_b) for pid in srv.pids}, info
+        assert _decide_ok(_scrape(metrics_url)) == 60
 
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(timeout=STOP_TIMEOUT_S) == 0, srv.stderr()
         assert _wait_gone(srv.pids, timeout_s=10) == []
     assert log_counts(log) == (60, 0)
+    # The exited workers were marked dead: their live gauges are gone, their counts stay.
+    assert not list(metrics_dir.glob("gauge_liveall_*.db"))
+    assert sorted(metrics_dir.glob("counter_*.db")) == sorted(
+        metrics_dir / f"counter_{pid}.db" for pid in srv.pids
+    )
 
 
 # --------------------------------------------------------------------------- bad options

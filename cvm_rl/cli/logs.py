@@ -1,9 +1,13 @@
-"""``cvm logs``: export a decision log to Parquet, or write a simulated one.
+"""``cvm logs``: export a decision log to Parquet, prune what was exported, or write a
+simulated log.
 
 ``cvm logs export --log PATH --out DIR`` joins decisions with their outcomes into a Parquet
-dataset partitioned by date and prints a one-line summary; ``cvm logs simulate --log PATH
-(--policy NAME | --bundle DIR)`` runs a reference policy or a bundle on simulated customers
-and logs every decision and outcome in the service's schema.
+dataset partitioned by date, records the export in the log and prints a one-line summary;
+``cvm logs prune --log PATH --before DATE [--dry-run]`` deletes the decisions decided before
+DATE (UTC) that an export holds with their final outcome, and refuses when some have not been
+exported; ``cvm logs simulate --log PATH (--policy NAME | --bundle DIR)`` runs a reference
+policy or a bundle on simulated customers and logs every decision and outcome in the
+service's schema.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from cvm_rl.cli.common import (
 )
 from cvm_rl.registry import REFERENCE_POLICIES
 
-HELP = "export a decision log to Parquet, or simulate one"
+HELP = "export a decision log to Parquet, prune exported decisions, or simulate a log"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +60,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also export decisions still inside the outcome window (reward null)",
     )
 
+    prune = sub.add_parser(
+        "prune",
+        help="delete exported decisions older than a date (bounded disk)",
+        description="Delete the decisions decided before DATE (UTC midnight) that a recorded "
+        "`cvm logs export` holds with their final outcome, with their outcomes and "
+        "unshared requests; refuse when some have not been exported. Safe while the service "
+        "writes: short transactions of --batch-rows decisions.",
+        formatter_class=HelpFormatter,
+    )
+    prune.add_argument("--log", required=True, type=Path, help="decision log (SQLite file)")
+    prune.add_argument(
+        "--before", required=True, type=utc_date, metavar="DATE", help="UTC date YYYY-MM-DD"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
+    prune.add_argument(
+        "--batch-rows", type=positive_int, default=2000, help="decisions per transaction"
+    )
+
     simulate = sub.add_parser(
         "simulate",
         help="log a policy's decisions on simulated customers",
@@ -86,11 +108,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def utc_date(text: str) -> int:
+    """``YYYY-MM-DD`` as microseconds since the epoch at UTC midnight (argparse type)."""
+    from cvm_rl.logs.retention import parse_date
+
+    try:
+        return parse_date(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``cvm logs export`` or ``cvm logs simulate``."""
+    """Run ``cvm logs export``, ``prune`` or ``simulate``."""
     if args.logs_command == "export":
         return _run_export(args)
+    if args.logs_command == "prune":
+        return _run_prune(args)
     return _run_simulate(args)
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    from cvm_rl.logs.records import DecisionLogError
+    from cvm_rl.logs.retention import PruneRefused, prune_log
+
+    try:
+        summary = prune_log(args.log, args.before, dry_run=args.dry_run, batch_rows=args.batch_rows)
+    except PruneRefused as exc:
+        raise CliError(str(exc)) from None  # names --before
+    except (FileNotFoundError, DecisionLogError) as exc:
+        raise CliError(f"--log: {exc}") from None
+    print("\n".join(summary.lines()))
+    return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -105,6 +153,7 @@ def _run_export(args: argparse.Namespace) -> int:
             outcome_window_s=args.outcome_window_days * 86400,
             default_reward=args.default_reward,
             include_pending=args.include_pending,
+            record=True,
         )
     except (FileNotFoundError, DecisionLogError) as exc:
         raise CliError(f"--log: {exc}") from None

@@ -112,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        help="Prometheus /metrics on 127.0.0.1 (worker i of --workers uses this port + i)",
+        help="Prometheus /metrics on 127.0.0.1 (with --workers, one port for all workers)",
     )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds to finish on SIGTERM")
     parser.add_argument("--no-admin", action="store_true", help="do not serve DecisionAdmin")

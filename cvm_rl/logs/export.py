@@ -58,7 +58,9 @@ empty ``-wal`` / ``-shm`` files next to a closed log). A log of an older schema 
 read as it is (see :mod:`cvm_rl.logs.schema`). Rows are read in chunks of ``chunk_rows`` by
 ``seq`` (:meth:`~cvm_rl.logs.reader.LogReader.chunks`) and decoded in bulk with numpy, so only
 one chunk exists as Python objects at a time; the chunks stream into
-``pyarrow.dataset.write_dataset``.
+``pyarrow.dataset.write_dataset``. With ``record=True`` (what ``cvm logs export`` does), once
+the files are written, one row is added to the log's ``exports`` table saying what the
+snapshot covered, which is what ``cvm logs prune`` may drop (:mod:`cvm_rl.logs.retention`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ from cvm_rl.logs.reader import (
     open_read_only,
 )
 from cvm_rl.logs.records import Activation, DecisionLogError, ModelRecord
+from cvm_rl.logs.retention import ExportMark, record_export, snapshot_coverage
 from cvm_rl.logs.schema import OutcomeStatus, values
 
 MODELS_FILE = "_models.json"
@@ -138,6 +141,7 @@ class ExportSummary:
     pending_skipped: int
     partitions: list[str] = field(default_factory=list)
     out_dir: Path = Path()
+    mark: ExportMark | None = None
 
     def line(self) -> str:
         """One-line summary for the command line."""
@@ -146,6 +150,7 @@ class ExportSummary:
             f"{self.defaulted} defaulted, {self.pending} pending "
             f"({self.pending_skipped} skipped), {len(self.partitions)} partitions"
             + (f" ({self.partitions[0]} .. {self.partitions[-1]})" if self.partitions else "")
+            + ("" if self.mark is None else f"; {self.mark.line()}")
         )
 
 
@@ -306,6 +311,7 @@ def export_parquet(
     include_pending: bool = False,
     now_us: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    record: bool = False,
 ) -> ExportSummary:
     """Write the decisions of ``log_path`` joined with their outcomes under ``out_dir``.
 
@@ -313,12 +319,19 @@ def export_parquet(
     wall clock) fixes "now" for the window. Partitions (dates) this export writes replace
     those already in ``out_dir``; other dates are left alone, and ``_models.json`` keeps the
     models it already lists (this log's entries win).
+
+    ``record``: once the files are written, record the export in the log's ``exports`` table
+    (a short write transaction; the only write an export makes, and it upgrades an older
+    log) with what its snapshot covered, so ``cvm logs prune`` may later drop those decisions
+    (:mod:`cvm_rl.logs.retention`). The covered range is read inside the snapshot; it is
+    written only after the export succeeded, so a failed export never counts as one.
     """
     window = OutcomeWindow(outcome_window_s, default_reward, now_us)
     out = Path(out_dir)
     counts = _Counts()
     with open_read_only(log_path) as reader, reader.snapshot():  # one snapshot for it all
         models = reader.models()
+        covered = snapshot_coverage(reader.db, window.deadline_us)
         acts = _Activations.of(reader.activations(), models)
         described = json.dumps(models_json(models), indent=2, sort_keys=True)
         metadata = {MODELS_METADATA_KEY: described.encode()}
@@ -347,6 +360,7 @@ def export_parquet(
         except sqlite3.DatabaseError as exc:
             raise DecisionLogError(f"{log_path}: cannot read the decision log ({exc})") from None
     _write_models_json(out, models_json(models))
+    mark = record_export(log_path, covered, counts.rows, out) if record else None
     return ExportSummary(
         rows=counts.rows,
         with_outcome=counts.reported,
@@ -355,6 +369,7 @@ def export_parquet(
         pending_skipped=counts.pending_skipped,
         partitions=sorted(counts.dates),
         out_dir=out,
+        mark=mark,
     )
 
 

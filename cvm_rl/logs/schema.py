@@ -77,9 +77,23 @@ The logged action follows one convention in every writer (the service, the simul
 the environment then executed, if different, is ``outcomes.executed_action_index``, where it
 becomes known; the reward is the executed action's.
 
-Versions: 1 had no ``outcomes.executed_action_index``. A writer (:class:`~cvm_rl.logs.store.
-DecisionLog`) upgrades an older log when it opens it (:data:`MIGRATIONS`); a reader
-(:mod:`cvm_rl.logs.reader`) reads an older log as it is, with the missing column NULL.
+``exports`` — one row per ``cvm logs export`` that recorded itself (what a prune may drop,
+:mod:`cvm_rl.logs.retention`): ``id`` (key), ``exported_at_us`` (when the export's snapshot
+was read), ``max_seq`` (the highest ``decisions.seq`` in that snapshot), ``final_before_us``
+(every decision of the snapshot decided before this time was exported with its final
+outcome status, ``reported`` or ``default``: the outcome window had passed),
+``outcomes_through_us`` (the latest ``outcomes.received_at_us`` in the snapshot, 0 when
+none: an outcome received later is not in the export), ``rows`` (decisions written) and
+``out_dir`` (where).
+
+A request's decisions are inserted in the transaction that inserts the request, so each
+request's decisions occupy one contiguous run of ``seq`` (the prune relies on this to find
+requests no decision references any more without an index on ``decisions.request``).
+
+Versions: 1 had no ``outcomes.executed_action_index``; 2 had no ``exports``. A writer
+(:class:`~cvm_rl.logs.store.DecisionLog`) upgrades an older log when it opens it
+(:data:`MIGRATIONS`); a reader (:mod:`cvm_rl.logs.reader`) reads an older log as it is, with
+the missing column NULL.
 """
 
 from __future__ import annotations
@@ -140,7 +154,7 @@ LEARNING_MODES = values(LearningMode)
 EXPLORATION_MODES = values(ExplorationMode)
 SYNCHRONOUS = values(Durability)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version this code writes (``meta.schema_version``)."""
 
 
@@ -150,6 +164,16 @@ def _sql_in(enum: type[StrEnum]) -> str:
 
 
 _EXECUTED_ACTION_INDEX = "executed_action_index INTEGER CHECK (executed_action_index >= 0)"
+
+_EXPORTS = """CREATE TABLE IF NOT EXISTS exports (
+    id INTEGER PRIMARY KEY,
+    exported_at_us INTEGER NOT NULL,
+    max_seq INTEGER NOT NULL,
+    final_before_us INTEGER NOT NULL,
+    outcomes_through_us INTEGER NOT NULL,
+    rows INTEGER NOT NULL CHECK (rows >= 0),
+    out_dir TEXT NOT NULL
+)"""
 
 TABLES: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
@@ -206,11 +230,13 @@ TABLES: tuple[str, ...] = (
     received_at_us INTEGER NOT NULL,
     {_EXECUTED_ACTION_INDEX}
 ) WITHOUT ROWID""",
+    _EXPORTS,
 )
 """The tables of a version-:data:`SCHEMA_VERSION` log, one CREATE statement each."""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (f"ALTER TABLE outcomes ADD COLUMN {_EXECUTED_ACTION_INDEX}",),
+    2: (_EXPORTS,),
 }
 """Statements that take a log of version ``v`` (the key) to version ``v + 1``."""
 

@@ -374,8 +374,11 @@ class DecisionLog:
             raise ValueError("outcomes: event_ids must be distinct within one call")
         for o in outcomes:
             o.check()
-        received = now_us()
         with self._lock, self._write_transaction(wait):
+            # Stamped once the write lock is held: write transactions are serialized, so
+            # received_at_us grows in commit order and an export's latest one tells which
+            # outcomes it holds (cvm_rl.logs.retention).
+            received = now_us()
             n_actions = self._reader.n_actions(ids)
             unknown = [e for e in ids if e not in n_actions]
             if unknown:
@@ -407,6 +410,18 @@ class DecisionLog:
         """Stored outcomes by event id (ids without one are absent)."""
         with self._lock:
             return self._reader.outcomes(list(event_ids))
+
+    # ------------------------------------------------------------------ exports
+    def record_export(self, values: Sequence[int | str]) -> int:
+        """Record an export: ``values`` of ``exports``' columns after ``id`` (see
+        :mod:`cvm_rl.logs.retention`); returns its id."""
+        with self._lock, self._transaction():
+            cur = self._db.execute(
+                "INSERT INTO exports (exported_at_us, max_seq, final_before_us, "
+                "outcomes_through_us, rows, out_dir) VALUES (?, ?, ?, ?, ?, ?)",
+                tuple(values),
+            )
+        return int(cur.lastrowid or 0)
 
 
 class _Checkpointer:
