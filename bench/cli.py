@@ -16,12 +16,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.trees import ROOT
+from bench.trees import trees as source_trees
+
 COMMANDS: tuple[tuple[str, ...], ...] = (("--help",), ("serve", "--help"), ("train", "--help"))
 
 
@@ -74,25 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if ns.runs < 1:
         parser.error("--runs: expected >= 1")
     args = Args(runs=ns.runs, ref=ns.ref, out=ns.out)
-    trees = {"current": ROOT}
-    with tempfile.TemporaryDirectory(prefix="cvm-bench-cli-") as tmp:
-        if args.ref is not None:
-            ref_tree = Path(tmp) / "ref"
-            subprocess.run(
-                ["git", "worktree", "add", "--detach", "-q", str(ref_tree), args.ref],
-                cwd=ROOT,
-                check=True,
-            )
-            trees[args.ref] = ref_tree
-        try:
-            results = measure(trees, args.commands, args.runs)
-        finally:
-            if args.ref is not None:
-                subprocess.run(
-                    ["git", "worktree", "remove", "--force", str(trees[args.ref])],
-                    cwd=ROOT,
-                    check=False,
-                )
+    with source_trees(args.ref) as trees:
+        results = measure(trees, args.commands, args.runs)
     print(f"median of {args.runs} runs, seconds (python -m cvm_rl.cli ...)")
     print("| command | " + " | ".join(trees) + " |")
     print("|---|" + "---:|" * len(trees))

@@ -36,8 +36,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @dataclass
 class Args:
@@ -173,30 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     args = Args(**vars(parser.parse_args(argv)))
     if args.seeds < 2 or args.customers < 2:
         parser.error("--seeds and --customers: expected >= 2")
+    # here, not at the top: measure() runs this file in older trees that lack these modules
     from bench.machine import machine_info
+    from bench.trees import ROOT
+    from bench.trees import trees as source_trees
 
     machine = machine_info("torch")
-    trees = {"current": ROOT}
-    with tempfile.TemporaryDirectory(prefix="cvm-bench-paired-") as tmp:
-        if args.ref is not None:
-            ref_tree = Path(tmp) / "ref"
-            subprocess.run(
-                ["git", "worktree", "add", "--detach", "-q", str(ref_tree), args.ref],
-                cwd=ROOT,
-                check=True,
-            )
-            trees[args.ref] = ref_tree
-        try:
-            bundle = _train_bundle(args.ppo_steps, Path(tmp) / "ppo", list(trees.values())[-1])
-            params = {**asdict(args), "bundle": str(bundle)}
-            results = {name: _in_tree(tree, params) for name, tree in trees.items()}
-        finally:
-            if args.ref is not None:
-                subprocess.run(
-                    ["git", "worktree", "remove", "--force", str(trees[args.ref])],
-                    cwd=ROOT,
-                    check=False,
-                )
+    with source_trees(args.ref) as trees, tempfile.TemporaryDirectory() as tmp:
+        # the oldest tree trains it (see _train_bundle)
+        bundle = _train_bundle(args.ppo_steps, Path(tmp) / "ppo", list(trees.values())[-1])
+        params = {**asdict(args), "bundle": str(bundle)}
+        results = {name: _in_tree(tree, params) for name, tree in trees.items()}
 
     print(
         f"paired difference of value per customer, {args.seeds} populations x "
