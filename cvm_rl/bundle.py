@@ -4,9 +4,10 @@ A bundle is a directory with two files:
 
 * ``manifest.json``: format version, policy kind, algorithm, model id and content hash,
   creation time, package version, the observation schema (feature names in order and the
-  :class:`FeatureTransform` bounds, log flags and scales), the action catalog, the full
-  scenario the policy was trained on, the policy's configuration, the name/dtype/shape of
-  every array, the training configuration and metrics.
+  :class:`FeatureTransform` bounds, log flags and scales, and each feature's meaning, unit,
+  encoding and valid range), the action catalog, the full scenario the policy was trained
+  on, the policy's configuration, the name/dtype/shape of every array, the training
+  configuration and metrics.
 * ``arrays.npz``: the policy's arrays (``np.savez``; read with ``allow_pickle=False``).
 
 The content hash (``sha256``; ``version`` is its first 12 hex digits, ``model_id`` is
@@ -51,6 +52,7 @@ from cvm_rl.policies.greedy import GreedyUpliftPolicy
 from cvm_rl.policies.mlp import MLPPolicy
 from simulator.config import Scenario, ScenarioError, scenario_from_mapping
 from simulator.core import observation_feature_names
+from simulator.observation import observation_features
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -82,11 +84,25 @@ class TransformSpec(_Part):
     scale: list[float]
 
 
+class FeatureSpec(_Part):
+    """What one feature means and its valid range (from ``simulator.observation``)."""
+
+    name: str
+    description: str
+    unit: str
+    encoding: str
+    group: str
+    min: float
+    max: float
+
+
 class ObservationSpec(_Part):
-    """The observation schema: feature names in order and their scaling."""
+    """The observation schema: feature names in order, their scaling and (bundles written
+    since the decision service validates ranges) each feature's meaning and range."""
 
     feature_names: list[str]
     transform: TransformSpec
+    features: list[FeatureSpec] | None = None
 
 
 class CatalogAction(_Part):
@@ -227,8 +243,26 @@ def policy_kind(policy: Policy) -> PolicyKind:
 
 
 # --------------------------------------------------------------------------- schema
+def feature_specs(scenario: Scenario) -> list[dict[str, Any]]:
+    """``[{name, description, unit, encoding, group, min, max}]`` in observation order, from
+    the observation schema; a heavy-tailed feature's encoding says it is log-scaled."""
+    return [
+        {
+            "name": f.name,
+            "description": f.description,
+            "unit": f.unit,
+            "encoding": f"{f.encoding}, log-scaled" if f.heavy_tailed else f.encoding,
+            "group": f.group,
+            "min": float(f.low),
+            "max": float(f.high),
+        }
+        for f in observation_features(scenario)
+    ]
+
+
 def observation_schema(scenario: Scenario) -> dict[str, Any]:
-    """Feature names in order and the fixed feature transform, as JSON-ready lists."""
+    """Feature names in order, the fixed feature transform and each feature's meaning and
+    range, as JSON-ready lists."""
     transform = FeatureTransform.from_scenario(scenario)
     return {
         "feature_names": observation_feature_names(scenario),
@@ -238,6 +272,7 @@ def observation_schema(scenario: Scenario) -> dict[str, Any]:
             "log": transform.log.tolist(),
             "scale": transform.scale.tolist(),
         },
+        "features": feature_specs(scenario),
     }
 
 
@@ -426,6 +461,20 @@ class Bundle:
     def action_names(self) -> list[str]:
         return [action.name for action in self.spec.actions]
 
+    @property
+    def features_stored(self) -> bool:
+        """Whether the manifest holds the feature metadata (older bundles do not)."""
+        return self.spec.observation.features is not None
+
+    @property
+    def features(self) -> list[FeatureSpec]:
+        """Each feature's meaning and valid range, in schema order: as stored, or for an
+        older bundle without them, derived from its scenario by this cvm_rl."""
+        stored = self.spec.observation.features
+        if stored is not None:
+            return list(stored)
+        return [FeatureSpec.model_validate(f) for f in feature_specs(self.scenario)]
+
 
 def load_bundle(path: str | Path, *, seed: int | None = None) -> Bundle:
     """Load and verify a bundle directory (see the module doc); ``seed`` seeds the policy."""
@@ -544,6 +593,11 @@ def _check_schema(manifest_path: Path, spec: BundleManifest, scenario: Scenario)
     for field, values in expected["transform"].items():
         if transform[field] != values:
             raise BundleError(f"{problem} (transform.{field} differs)")
+    # Descriptions may be worded differently by another cvm_rl; names and ranges may not.
+    if spec.observation.features is not None:
+        stored = [(f.name, f.min, f.max) for f in spec.observation.features]
+        if stored != [(f["name"], f["min"], f["max"]) for f in expected["features"]]:
+            raise BundleError(f"{problem} (features: names or ranges differ)")
     if [a.model_dump() for a in spec.actions] != action_catalog(scenario):
         raise BundleError(
             f"{manifest_path}: action catalog does not match the bundled scenario "

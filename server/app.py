@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -126,9 +126,14 @@ def load_serving_model(config: ServerConfig) -> ServingModel:
         raise ValueError(str(exc)) from None
 
 
-def create_server(address: str, config: ServerConfig) -> tuple[DecisionServer, int]:
+def create_server(
+    address: str,
+    config: ServerConfig,
+    extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> tuple[DecisionServer, int]:
     """Build the server on ``address`` (``host:0`` picks a free port); returns it unstarted
-    with the bound port. Must be called inside a running event loop."""
+    with the bound port. Must be called inside a running event loop. ``extra_interceptors``
+    run after the server's own, next to the handlers (tests: fault injection)."""
     model = load_serving_model(config)
     decision_log = (
         None
@@ -158,6 +163,7 @@ def create_server(address: str, config: ServerConfig) -> tuple[DecisionServer, i
     if config.auth_token is not None:
         interceptors.append(BearerTokenInterceptor(config.auth_token))
     interceptors.append(RequestParsingInterceptor())
+    interceptors.extend(extra_interceptors)
     options = [
         # A request over the receive limit is refused by the transport, RESOURCE_EXHAUSTED.
         ("grpc.max_receive_message_length", config.max_receive_bytes),
@@ -220,7 +226,9 @@ async def serve(
 
 @contextlib.contextmanager
 def running_server(
-    config: ServerConfig, address: str = "127.0.0.1:0"
+    config: ServerConfig,
+    address: str = "127.0.0.1:0",
+    extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> Iterator[tuple[DecisionServer, int]]:
     """Run a server on its own event-loop thread for the duration of a ``with`` block
     (tests, notebooks, the demo); stopped with ``config.grace_s`` on exit."""
@@ -231,7 +239,7 @@ def running_server(
 
     async def main() -> None:
         try:
-            server, port = create_server(address, config)
+            server, port = create_server(address, config, extra_interceptors)
             await server.start()
         except BaseException as exc:
             started.set_exception(exc)

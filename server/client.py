@@ -5,11 +5,16 @@
         d = client.decide("customer-1", features, event_id="evt-1")
         client.report_outcome(d.event_id, reward=12.5, purchase=True, spend=40.0)
 
-Errors are ``grpc.RpcError`` with the server's status code and message.
+Errors are ``grpc.RpcError`` with the server's status code and message. Calls that get
+UNAVAILABLE (the server restarting, a connection dropped) are retried by gRPC with backoff
+(:data:`RETRY_POLICY`); a decision without an event id gets one generated here (time-ordered,
+the UUIDv7 layout), so a retried call carries the same ids and the server answers it as a
+replay: one decision per event id, end to end.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +25,37 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.generated.cvm.v1 import decision_pb2_grpc as pb_grpc
+from server.ids import new_event_ids
 
 ActionPair = tuple[str, str]
 """(offer, channel); ("", "") is no contact."""
+
+RETRY_POLICY: dict[str, object] = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+"""gRPC's retry policy for every DecisionService and health call: up to 4 attempts on
+UNAVAILABLE, with randomized exponential backoff (waits drawn up to 0.1 s, 0.2 s, 0.4 s).
+Decisions carry event ids and outcomes are keyed by theirs, so a retry is idempotent. Admin
+calls (LoadBundle, RollbackBundle) are not retried: a rollback repeated walks back further."""
+
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "cvm.v1.DecisionService"},
+                    {"service": "grpc.health.v1.Health"},
+                ],
+                "retryPolicy": RETRY_POLICY,
+            }
+        ]
+    }
+)
+CHANNEL_OPTIONS = [("grpc.enable_retries", 1), ("grpc.service_config", SERVICE_CONFIG)]
 
 
 @dataclass(frozen=True)
@@ -86,6 +119,19 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class FeatureInfo:
+    """One feature of the schema: its meaning, unit, encoding and valid range [min, max]."""
+
+    name: str
+    description: str
+    unit: str
+    encoding: str
+    group: str
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
 class PolicyInfo:
     model_id: str
     model_version: str
@@ -100,6 +146,8 @@ class PolicyInfo:
     activation: int = 0
     rollback_target: str | None = None
     rollback_depth: int = 0
+    # Each feature's meaning and valid range, in the order of feature_names.
+    features: list[FeatureInfo] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -151,8 +199,15 @@ def _batch_request(
     matrix = np.asarray(features, dtype=np.float32)
     if matrix.ndim != 2:
         raise ValueError(f"features must be 2-D (rows x features), got shape {matrix.shape}")
+    # Ids generated here, not by the server, so that a retried call is a replay.
+    ids = list(event_ids)
+    if not ids:
+        ids = new_event_ids(len(customer_ids))
+    elif not all(ids):
+        fresh = iter(new_event_ids(len(ids)))
+        ids = [e or next(fresh) for e in ids]
     req = pb.DecideBatchRequest(
-        event_ids=list(event_ids),
+        event_ids=ids,
         customer_ids=list(customer_ids),
         features=matrix.ravel().tolist(),
         n_features=matrix.shape[1],
@@ -171,7 +226,9 @@ def _action(pair: ActionPair | None) -> pb.Action | None:
 
 
 class DecisionClient:
-    """Blocking client; ``token`` sends bearer auth, ``root_certificates`` turns on TLS."""
+    """Blocking client; ``token`` sends bearer auth, ``root_certificates`` turns on TLS.
+    UNAVAILABLE is retried (:data:`RETRY_POLICY`); decisions without event ids get
+    client-generated ones (:func:`server.ids.new_event_ids`), so retries are idempotent."""
 
     def __init__(
         self,
@@ -187,9 +244,11 @@ class DecisionClient:
                 if isinstance(root_certificates, bytes)
                 else Path(root_certificates).read_bytes()
             )
-            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(certs))
+            self.channel = grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(certs), options=CHANNEL_OPTIONS
+            )
         else:
-            self.channel = grpc.insecure_channel(target)
+            self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.timeout_s = timeout_s
         self._metadata = None if token is None else (("authorization", f"Bearer {token}"),)
         self.stub = pb_grpc.DecisionServiceStub(self.channel)
@@ -223,9 +282,10 @@ class DecisionClient:
         return_probabilities: bool = False,
         timeout_s: float | None = None,
     ) -> Decision:
-        """One decision; ``features`` in schema order, or a name -> value mapping."""
+        """One decision; ``features`` in schema order, or a name -> value mapping. Without
+        ``event_id`` a time-ordered id is generated here (and returned in the decision)."""
         req = pb.DecideRequest(
-            event_id=event_id,
+            event_id=event_id or new_event_ids(1)[0],
             customer_id=customer_id,
             eligibility=None if eligibility is None else eligibility.to_proto(),
             baseline_action=_action(baseline),
@@ -347,6 +407,10 @@ class DecisionClient:
                 resp.rollback_target.model.model_id if resp.HasField("rollback_target") else None
             ),
             rollback_depth=resp.rollback_depth,
+            features=[
+                FeatureInfo(f.name, f.description, f.unit, f.encoding, f.group, f.min, f.max)
+                for f in resp.features
+            ],
         )
 
     def load_bundle(self, path: str | Path, *, timeout_s: float | None = None) -> str:

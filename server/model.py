@@ -48,6 +48,11 @@ class ServingModel:
         self.feature_names = bundle.feature_names
         self.feature_index = {name: i for i, name in enumerate(self.feature_names)}
         self.n_features = len(self.feature_names)
+        # Meaning and valid range of each feature (stored in the bundle, or derived from its
+        # scenario for an older one); requests are checked against the ranges in float32.
+        self.features = bundle.features
+        self.feature_min = np.array([f.min for f in self.features], dtype=np.float32)
+        self.feature_max = np.array([f.max for f in self.features], dtype=np.float32)
         catalog = bundle.manifest["actions"]
         self.n_actions = len(catalog)
         self.action_names = [a["name"] for a in catalog]
@@ -76,8 +81,8 @@ class ServingModel:
     def _smoke_test(self) -> None:
         """Decide one all-eligible row at the schema's lower bounds: a bundle that cannot
         produce a valid distribution is refused before it serves."""
-        low = np.asarray(self.bundle.manifest["observation"]["transform"]["low"], dtype=np.float32)
-        probs = self.probabilities(low[None, :], np.ones((1, self.n_actions), dtype=bool))
+        low = self.feature_min[None, :]
+        probs = self.probabilities(low, np.ones((1, self.n_actions), dtype=bool))
         if not (np.isfinite(probs).all() and abs(probs.sum() - 1.0) < 1e-6):
             raise ValueError(f"{self.bundle.path}: the policy gives no valid distribution")
 

@@ -8,7 +8,6 @@ Nothing here touches the log or the network: the servicers decide on the
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from cvm_rl.bundle_paths import bundle_dir
 from cvm_rl.logs.store import OutcomeRecord
 from server.errors import RequestError, invalid, shown
 from server.generated.cvm.v1 import decision_pb2 as pb
+from server.ids import new_event_ids
 from server.model import ServingModel
 
 # Bounds of the request's strings (documented in decision.proto and the README).
@@ -147,23 +147,27 @@ def eligibility_mask(model: ServingModel, elig: pb.Eligibility | None, field: st
     return mask
 
 
-def _check_finite(features: np.ndarray, names: list[str], field: str) -> None:
+def _check_features(
+    model: ServingModel, features: np.ndarray, field: str, *, rows: bool = False
+) -> None:
+    """Every value finite and inside its feature's [min, max] (GetPolicyInfo.features);
+    ``rows`` names the row of the first bad value (a batch)."""
+    names = model.feature_names
     bad = ~np.isfinite(features)
+    out = (features < model.feature_min) | (features > model.feature_max)
+    if not (bad.any() or out.any()):
+        return
+    row, col = np.argwhere(bad if bad.any() else out)[0]
+    where = f"row {row}, " if rows else ""
+    value = features[row, col]
     if bad.any():
-        row, col = np.argwhere(bad)[0]
-        where = f"row {row}, " if features.shape[0] > 1 else ""
-        raise invalid(
-            f"{field}: {where}feature {names[col]!r} must be finite, got {features[row, col]}"
-        )
-
-
-def new_event_ids(n: int) -> list[str]:
-    """``n`` time-ordered 128-bit hex ids: 48 bits of Unix milliseconds, then 80 random bits
-    (the layout of UUIDv7). Ids that grow with time keep the log's event-id index
-    append-mostly; random ids would touch a different index page per row on every commit."""
-    millis = f"{time.time_ns() // 1_000_000:012x}"
-    noise = os.urandom(10 * n).hex()
-    return [millis + noise[i : i + 20] for i in range(0, 20 * n, 20)]
+        raise invalid(f"{field}: {where}feature {names[col]!r} must be finite, got {value}")
+    feature = model.features[col]
+    unit = f" {feature.unit}" if feature.unit else ""
+    raise invalid(
+        f"{field}: {where}feature {names[col]!r} must be in [{feature.min:g}, "
+        f"{feature.max:g}]{unit} ({feature.description}), got {value:g}"
+    )
 
 
 def _event_id(event_id: str, field: str) -> str:
@@ -199,7 +203,7 @@ def parse_decide(model: ServingModel, req: pb.DecideRequest) -> ParsedRows:
                 f"(see GetPolicyInfo.feature_names), got {len(values)}"
             )
         features = np.array(values, dtype=np.float32)[None, :]
-        _check_finite(features, names, "features.dense.values")
+        _check_features(model, features, "features.dense.values")
     else:
         named = req.named.values
         for key in named:
@@ -212,7 +216,7 @@ def parse_decide(model: ServingModel, req: pb.DecideRequest) -> ParsedRows:
                 f"names; missing {shown(missing)}, unknown {shown(unknown)}"
             )
         features = np.array([[named[n] for n in names]], dtype=np.float32)
-        _check_finite(features, names, "features.named.values")
+        _check_features(model, features, "features.named.values")
     elig = req.eligibility if req.HasField("eligibility") else None
     mask = eligibility_mask(model, elig, "eligibility")
     baseline = (
@@ -265,7 +269,7 @@ def parse_batch(model: ServingModel, req: pb.DecideBatchRequest, max_rows: int) 
         ordered = np.empty_like(features)
         ordered[:, [model.feature_index[x] for x in given]] = features
         features = ordered
-    _check_finite(features, names, "features")
+    _check_features(model, features, "features", rows=True)
     if req.event_ids:
         if len(req.event_ids) != n:
             raise invalid(

@@ -114,6 +114,7 @@ def policy_info(
             for i, (name, (o, c)) in enumerate(zip(model.action_names, model.actions, strict=True))
         ],
         feature_names=model.feature_names,
+        features=[pb.FeatureInfo(**f.model_dump()) for f in model.features],
         exploration=exploration,
         active=pb.ActivationRef(model=model_ref(model), seq=model.activation, reason=reason),
         rollback_depth=max(len(history) - 1, 0),

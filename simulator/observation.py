@@ -34,15 +34,59 @@ class ObservationFeature:
     high: float
     heavy_tailed: bool = False
     """A count with a long right tail (weeks, purchases, spend): learned policies log-scale it."""
+    description: str = ""
+    """What the feature means, for people and for clients of the decision service."""
+    unit: str = ""
+    """The unit of the raw value (``weeks``, ``purchases``, ``currency``...); ``""`` for none."""
+    encoding: str = ""
+    """How the value encodes its quantity: ``count``, ``amount``, ``flag`` (0 or 1),
+    ``one-hot`` (exactly one member of the group is 1), ``sin``/``cos`` of an angle, or
+    ``fraction``; ``log-scaled`` is added for heavy-tailed features (policies read log1p)."""
 
 
 def observation_features(sc: Scenario) -> tuple[ObservationFeature, ...]:
     """The observation schema of a scenario: its features in observation order."""
     features = [
-        ObservationFeature("recency_weeks", "recency_weeks", 0.0, RECENCY_CAP, heavy_tailed=True),
-        ObservationFeature("frequency", "frequency", 0.0, FREQUENCY_CAP, heavy_tailed=True),
-        ObservationFeature("monetary_avg", "monetary_avg", 0.0, MONETARY_CAP, heavy_tailed=True),
-        ObservationFeature("tenure_weeks", "tenure_weeks", 0.0, RECENCY_CAP, heavy_tailed=True),
+        ObservationFeature(
+            "recency_weeks",
+            "recency_weeks",
+            0.0,
+            RECENCY_CAP,
+            heavy_tailed=True,
+            description="weeks since the last purchase (a prospect: since it was first seen)",
+            unit="weeks",
+            encoding="count",
+        ),
+        ObservationFeature(
+            "frequency",
+            "frequency",
+            0.0,
+            FREQUENCY_CAP,
+            heavy_tailed=True,
+            description="repeat purchases so far (purchases after the first)",
+            unit="purchases",
+            encoding="count",
+        ),
+        ObservationFeature(
+            "monetary_avg",
+            "monetary_avg",
+            0.0,
+            MONETARY_CAP,
+            heavy_tailed=True,
+            description="average spend per purchase so far (0 before the first purchase)",
+            unit="currency",
+            encoding="amount",
+        ),
+        ObservationFeature(
+            "tenure_weeks",
+            "tenure_weeks",
+            0.0,
+            RECENCY_CAP,
+            heavy_tailed=True,
+            description="weeks since the first purchase (a prospect: since it was first seen)",
+            unit="weeks",
+            encoding="count",
+        ),
     ]
     # At most one contact a week, so a channel's count in the cap window is at most its length.
     window = sc.constraints.cap_window_weeks
@@ -54,16 +98,76 @@ def observation_features(sc: Scenario) -> tuple[ObservationFeature, ...]:
                 0.0,
                 CONTACT_RECENCY_CAP,
                 heavy_tailed=True,
+                description=f"weeks since the last contact on {ch} "
+                f"({CONTACT_RECENCY_CAP}: none in the last {CONTACT_RECENCY_CAP} weeks)",
+                unit="weeks",
+                encoding="count",
             ),
-            ObservationFeature(f"contacts_in_window_{ch}", "contacts_in_window", 0.0, window),
-            ObservationFeature(f"opt_in_{ch}", "opt_in", 0.0, 1.0),
+            ObservationFeature(
+                f"contacts_in_window_{ch}",
+                "contacts_in_window",
+                0.0,
+                window,
+                description=f"contacts on {ch} in the last {window} weeks (the cap window)",
+                unit="contacts",
+                encoding="count",
+            ),
+            ObservationFeature(
+                f"opt_in_{ch}",
+                "opt_in",
+                0.0,
+                1.0,
+                description=f"1 if the customer may be contacted on {ch}, 0 if opted out",
+                encoding="flag",
+            ),
         ]
-    features += [ObservationFeature(f"stage_{s}", "stage", 0.0, 1.0) for s in STAGES]
-    features += [ObservationFeature(f"segment_{s}", "segment", 0.0, 1.0) for s in sc.segments]
     features += [
-        ObservationFeature("week_of_year_sin", "week_of_year_sin", -1.0, 1.0),
-        ObservationFeature("week_of_year_cos", "week_of_year_cos", -1.0, 1.0),
-        ObservationFeature("horizon_progress", "horizon_progress", 0.0, 1.0),
+        ObservationFeature(
+            f"stage_{s}",
+            "stage",
+            0.0,
+            1.0,
+            description=f"1 if the customer's lifecycle stage is {s}",
+            encoding="one-hot",
+        )
+        for s in STAGES
+    ]
+    features += [
+        ObservationFeature(
+            f"segment_{s}",
+            "segment",
+            0.0,
+            1.0,
+            description=f"1 if the customer belongs to segment {s}",
+            encoding="one-hot",
+        )
+        for s in sc.segments
+    ]
+    features += [
+        ObservationFeature(
+            "week_of_year_sin",
+            "week_of_year_sin",
+            -1.0,
+            1.0,
+            description="sin(2 pi w / 52) of the 0-based calendar week w (0-51)",
+            encoding="sin",
+        ),
+        ObservationFeature(
+            "week_of_year_cos",
+            "week_of_year_cos",
+            -1.0,
+            1.0,
+            description="cos(2 pi w / 52) of the 0-based calendar week w (0-51)",
+            encoding="cos",
+        ),
+        ObservationFeature(
+            "horizon_progress",
+            "horizon_progress",
+            0.0,
+            1.0,
+            description="weeks elapsed in the episode / the horizon's weeks",
+            encoding="fraction",
+        ),
     ]
     return tuple(features)
 

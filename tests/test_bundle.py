@@ -25,6 +25,7 @@ from cvm_rl.bundle import (
     MANIFEST_FILE,
     BundleError,
     content_hash,
+    feature_specs,
     load_bundle,
     register_policy_kind,
     save_bundle,
@@ -362,6 +363,9 @@ def test_bundle_round_trip(
     assert manifest["training_config"]["net_arch"] == [64, 64]
     assert manifest["metrics"] == {"value": 1.5, "ci": [1.0, 2.0]}
     assert manifest["cvm_rl_version"] and manifest["created_at"].endswith("+00:00")
+    assert manifest["observation"]["features"] == feature_specs(SCENARIO)
+    assert bundle.features_stored
+    assert [f.model_dump() for f in bundle.features] == feature_specs(SCENARIO)
 
 
 def test_same_content_same_version_and_overwrite(
@@ -504,6 +508,10 @@ def _change_scale(m: dict[str, Any]) -> None:
     m["observation"]["transform"]["scale"][0] = 2.0
 
 
+def _widen_a_range(m: dict[str, Any]) -> None:
+    m["observation"]["features"][6]["max"] = 2.0
+
+
 def _bad_scenario(m: dict[str, Any]) -> None:
     m["scenario"]["margin_rate"] = 2.0
 
@@ -561,6 +569,11 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], None], str]] = [
         r"transform.scale differs",
     ),
     (
+        "feature range",
+        lambda b: _edit_manifest(b, _widen_a_range, resign=True),
+        r"features: names or ranges differ",
+    ),
+    (
         "action catalog",
         lambda b: _edit_manifest(b, _reorder_actions, resign=True),
         "action catalog does not match",
@@ -586,6 +599,19 @@ def test_corrupted_bundles_are_refused(
     corrupt(bundle)
     with pytest.raises(BundleError, match=match):
         load_bundle(bundle)
+
+
+def test_a_bundle_without_feature_metadata_derives_it_from_its_scenario(
+    bundles: Path, tmp_path: Path
+) -> None:
+    """Bundles saved before the manifest held the features' meanings and ranges still load;
+    their features come from their recorded scenario."""
+    bundle = tmp_path / "ppo"
+    shutil.copytree(bundles / "ppo", bundle)
+    _edit_manifest(bundle, lambda m: m["observation"].pop("features"), resign=True)
+    loaded = load_bundle(bundle)
+    assert not loaded.features_stored
+    assert [f.model_dump() for f in loaded.features] == feature_specs(SCENARIO)
 
 
 def test_missing_directory_is_refused(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import json
 import math
 import re
 import shutil
@@ -41,7 +42,7 @@ from server_fixtures import (
     sample_features,
 )
 
-from cvm_rl.bundle import load_bundle, save_bundle
+from cvm_rl.bundle import ARRAYS_FILE, MANIFEST_FILE, content_hash, load_bundle, save_bundle
 from cvm_rl.config import error_message
 from cvm_rl.logs.store import Activation, DecisionLog, ModelRecord
 from cvm_rl.policies.bandits import LinTSPolicy
@@ -235,6 +236,30 @@ def test_policy_info_matches_the_bundle_manifest(served: Served, bundles: Bundle
         0.0,
         "online",
     )
+    assert [dataclasses.asdict(f) for f in info.features] == manifest["observation"]["features"]
+    assert [f.name for f in info.features] == info.feature_names
+
+
+def test_a_bundle_without_feature_metadata_serves_it_from_its_scenario(
+    start: StartServer, bundles: Bundles, tmp_path: Path
+) -> None:
+    """An older bundle (no features in its manifest) gets them derived, and ranges enforced."""
+    old = tmp_path / "old"
+    shutil.copytree(bundles.mlp, old)
+    manifest_path = old / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    expected = manifest["observation"].pop("features")
+    with np.load(old / ARRAYS_FILE) as npz:
+        digest = content_hash(manifest, {k: npz[k] for k in npz.files})
+    manifest.update(sha256=digest, version=digest[:12], model_id=f"test-{digest[:12]}")
+    manifest_path.write_text(json.dumps(manifest))
+    served = start(bundle=old)
+    info = served.client.policy_info()
+    assert [dataclasses.asdict(f) for f in info.features] == expected
+    x = sample_features(bundles.mlp, 1, seed=3)[0]
+    x[info.feature_names.index("horizon_progress")] = 1.5
+    with expect_status(INVALID, r"feature 'horizon_progress' must be in \[0, 1\]"):
+        served.client.decide("c", x)
 
 
 @pytest.mark.parametrize(
@@ -862,6 +887,24 @@ BAD_REQUESTS = [
         NAMED + r".* must be finite",
         "named-nan",
     ),
+    _case(
+        "Decide",
+        lambda c: _dense(c, _with(c, 6, 2.0)),
+        DENSE + r"feature 'opt_in_email' must be in \[0, 1\] \(1 if .*\), got 2$",
+        "above-range",
+    ),
+    _case(
+        "Decide",
+        lambda c: _dense(c, _with(c, 0, -1.0)),
+        DENSE + r"feature 'recency_weeks' must be in \[0, 520\] weeks \(.*\), got -1$",
+        "below-range",
+    ),
+    _case(
+        "Decide",
+        lambda c: _named(c, extra={"week_of_year_sin": 1.5}),
+        NAMED + r"feature 'week_of_year_sin' must be in \[-1, 1\] .*, got 1\.5$",
+        "named-range",
+    ),
     # Decide: eligibility
     _case(
         "Decide",
@@ -958,6 +1001,12 @@ BAD_REQUESTS = [
         lambda c: _batch(c, features=c.x + _with(c, 5, INF)),
         r"^features: row 1, feature '\w+' must be finite",
         "inf",
+    ),
+    _case(
+        "DecideBatch",
+        lambda c: _batch(c, rows=3, features=c.x * 2 + _with(c, 1, 1e9)),
+        r"^features: row 2, feature 'frequency' must be in \[0, 100000\] purchases .*, got 1e\+09$",
+        "range",
     ),
     _case(
         "DecideBatch",
@@ -1901,3 +1950,105 @@ def test_a_refused_follow_keeps_decisions_attributed_to_the_serving_model(
         refused = state.metrics.reloads.labels("follow", "refused")._value.get()
         state.follow()  # not retried on every poll
         assert state.metrics.reloads.labels("follow", "refused")._value.get() == refused == 1
+
+
+# --------------------------------------------------------------------------- client retries
+class _Faults(grpc.aio.ServerInterceptor):
+    """Records the event ids of every DecisionService request as the server receives them,
+    and answers the first ``failures`` Decide/DecideBatch calls with UNAVAILABLE *after* the
+    handler ran (the decision is stored, the answer is lost: what a retry must survive)."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.received: list[list[str]] = []
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if not details.method.endswith(("/Decide", "/DecideBatch")):
+            return handler
+        behavior = handler.unary_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            ids = [request.event_id] if hasattr(request, "event_id") else list(request.event_ids)
+            self.received.append(ids)
+            response = await behavior(request, context)
+            if self.failures > 0:
+                self.failures -= 1
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "injected: answer lost")
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+@contextlib.contextmanager
+def _faulty(bundle: Path, log_path: Path, faults: _Faults) -> Iterator[Served]:
+    cfg = ServerConfig(bundle=bundle, log_path=log_path, grace_s=1.0)
+    with (
+        running_server(cfg, extra_interceptors=[faults]) as (server, port),
+        DecisionClient(f"127.0.0.1:{port}") as client,
+    ):
+        yield Served(server, port, client, log_path)
+
+
+def test_the_client_sends_time_ordered_event_ids_when_none_are_given(
+    bundles: Bundles, tmp_path: Path
+) -> None:
+    faults = _Faults()
+    x = sample_features(bundles.mlp, 4, seed=21)
+    with _faulty(bundles.mlp, tmp_path / "log.db", faults) as served:
+        before_ms = time.time_ns() // 1_000_000
+        first = served.client.decide("c", x[0])
+        time.sleep(0.005)
+        batch = served.client.decide_batch(["a", "b", "c"], x[1:])
+        after_ms = time.time_ns() // 1_000_000
+        # The server received the client's ids (none left for it to generate) and logged them.
+        assert faults.received == [[first.event_id], [d.event_id for d in batch]]
+        ids = [first.event_id, *(d.event_id for d in batch)]
+        assert all(re.fullmatch(r"[0-9a-f]{32}", e) for e in ids) and len(set(ids)) == 4
+        assert set(served.stored(ids)) == set(ids)
+    # UUIDv7 layout: 48 bits of Unix milliseconds first, so the ids sort by time.
+    millis = [int(e[:12], 16) for e in ids]
+    assert before_ms <= millis[0] < millis[1] <= after_ms
+    assert millis[1:] == [millis[1]] * 3
+
+
+@pytest.mark.parametrize("method", ["decide", "decide_batch"])
+def test_a_retried_call_after_unavailable_is_idempotent(
+    bundles: Bundles, tmp_path: Path, method: str
+) -> None:
+    """The first attempt is stored but answered UNAVAILABLE; the client's retry policy
+    resends the same request with the same client-generated ids, and the server answers it
+    as a replay: the call succeeds and each event id has exactly one decision."""
+    faults = _Faults(failures=1)
+    x = sample_features(bundles.mlp, 3, seed=22)
+    log_path = tmp_path / "log.db"
+    with _faulty(bundles.mlp, log_path, faults) as served:
+        if method == "decide":
+            decisions = [served.client.decide("c", x[0], return_probabilities=True)]
+        else:
+            decisions = served.client.decide_batch(["a", "b", "c"], x, return_probabilities=True)
+        ids = [d.event_id for d in decisions]
+        assert faults.received == [ids, ids]  # two attempts, the same ids
+        assert faults.failures == 0
+        stored = served.stored(ids)
+        for d in decisions:
+            assert stored[d.event_id].action_index == d.action_index
+            assert stored[d.event_id].propensity == pytest.approx(d.propensity)
+    assert log_counts(log_path) == (len(ids), 0)
+    with sqlite3.connect(log_path) as db:
+        rows = db.execute("SELECT event_id, COUNT(*) FROM decisions GROUP BY event_id").fetchall()
+    assert sorted(rows) == sorted((e, 1) for e in ids)
+
+
+def test_admin_calls_are_not_retried_but_decisions_are() -> None:
+    from server.client import SERVICE_CONFIG
+
+    config = json.loads(SERVICE_CONFIG)["methodConfig"][0]
+    assert config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert config["retryPolicy"]["maxAttempts"] >= 2
+    services = {name["service"] for name in config["name"]}
+    assert "cvm.v1.DecisionService" in services and "cvm.v1.DecisionAdmin" not in services

@@ -265,7 +265,7 @@ class ExplorationSettings(_message.Message):
     def __init__(self, mode: _Optional[_Union[ExplorationMode, str]] = ..., epsilon: _Optional[float] = ..., temperature: _Optional[float] = ..., learning_mode: _Optional[_Union[LearningMode, str]] = ...) -> None: ...
 
 class GetPolicyInfoResponse(_message.Message):
-    __slots__ = ("model", "actions", "feature_names", "exploration", "active", "rollback_target", "rollback_depth")
+    __slots__ = ("model", "actions", "feature_names", "exploration", "active", "rollback_target", "rollback_depth", "features")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +273,7 @@ class GetPolicyInfoResponse(_message.Message):
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_TARGET_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     actions: _containers.RepeatedCompositeFieldContainer[CatalogAction]
     feature_names: _containers.RepeatedScalarFieldContainer[str]
@@ -280,7 +281,26 @@ class GetPolicyInfoResponse(_message.Message):
     active: ActivationRef
     rollback_target: ActivationRef
     rollback_depth: int
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[CatalogAction, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., exploration: _Optional[_Union[ExplorationSettings, _Mapping]] = ..., active: _Optional[_Union[ActivationRef, _Mapping]] = ..., rollback_target: _Optional[_Union[ActivationRef, _Mapping]] = ..., rollback_depth: _Optional[int] = ...) -> None: ...
+    features: _containers.RepeatedCompositeFieldContainer[FeatureInfo]
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[CatalogAction, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., exploration: _Optional[_Union[ExplorationSettings, _Mapping]] = ..., active: _Optional[_Union[ActivationRef, _Mapping]] = ..., rollback_target: _Optional[_Union[ActivationRef, _Mapping]] = ..., rollback_depth: _Optional[int] = ..., features: _Optional[_Iterable[_Union[FeatureInfo, _Mapping]]] = ...) -> None: ...
+
+class FeatureInfo(_message.Message):
+    __slots__ = ("name", "description", "unit", "encoding", "group", "min", "max")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    unit: str
+    encoding: str
+    group: str
+    min: float
+    max: float
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., unit: _Optional[str] = ..., encoding: _Optional[str] = ..., group: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class ActivationRef(_message.Message):
     __slots__ = ("model", "seq", "reason")
