@@ -562,3 +562,29 @@ def test_a_replayed_batch_reads_its_request_matrices_once(
     np.testing.assert_array_equal(stored[f"e-{i}"].eligible, batch.eligible[i])
     np.testing.assert_array_equal(stored[f"e-{i}"].probabilities, batch.probabilities[i])
     assert log.count() == n
+
+
+def test_replay_memory_grows_linearly_up_to_a_maximum_size_batch(
+    log: DecisionLog, activation: int
+) -> None:
+    # Memory growth, not time (the machine is shared): the traced peak of a replay per row
+    # is the same at the service's largest allowed batch as at a tenth of it (reading each
+    # row's request back, as before, made it grow with the rows: 100x from 500 to 5,000).
+    import tracemalloc
+
+    def replay_peak(prefix: str, n: int) -> int:
+        log.insert_decisions(make_batch(ids(prefix, n), activation, seed=4))
+        again = make_batch(ids(prefix, n), activation, seed=4)
+        tracemalloc.start()
+        try:
+            stored = log.insert_decisions(again)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(stored) == n
+        return peak
+
+    small = replay_peak("s", 500)
+    largest = replay_peak("m", 5_000)  # server.config.DEFAULT_MAX_BATCH_ROWS
+    assert largest / 5_000 <= 1.5 * small / 500, (largest, small)
+    assert log.count() == 5_500
