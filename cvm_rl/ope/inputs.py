@@ -14,7 +14,7 @@ can still be evaluated single-step by streaming (:mod:`cvm_rl.ope.streaming`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -74,6 +74,28 @@ class LogSource:
     default_reward: float | None = None
     outcome_window_days: float | None = None
 
+    @classmethod
+    def from_counts(
+        cls,
+        path: str | Path,
+        kind: Kind,
+        counts: Mapping[str, int],
+        *,
+        default_reward: float | None = None,
+        outcome_window_days: float | None = None,
+    ) -> LogSource:
+        """A source whose row counts come from outcome-status ``counts`` (as
+        :func:`status_counts` gives them), with how a SQLite log's rewards were completed."""
+        return cls(
+            str(path),
+            kind,
+            reported=counts.get("reported", 0),
+            defaulted=counts.get("default", 0),
+            pending=counts.get("pending", 0),
+            default_reward=default_reward,
+            outcome_window_days=outcome_window_days,
+        )
+
 
 @dataclass(frozen=True)
 class LoadedLog:
@@ -132,13 +154,7 @@ def load_log(
         )
         counts = status_counts(statuses)
         decisions = converted(lambda: decisions_from_table(table))
-        source = LogSource(
-            str(path),
-            "export",
-            reported=counts.get("reported", 0),
-            defaulted=counts.get("default", 0),
-            pending=counts.get("pending", 0),
-        )
+        source = LogSource.from_counts(path, "export", counts)
     else:
         # One "now" for the counts and the conversion, so both see the same window.
         now = wall_clock_us() if now_us is None else now_us
@@ -150,12 +166,10 @@ def load_log(
                 path, outcome_window_s=outcome_window_s, default_reward=default_reward, now_us=now
             )
         )
-        source = LogSource(
-            str(path),
+        source = LogSource.from_counts(
+            path,
             "sqlite",
-            reported=counts.get("reported", 0),
-            defaulted=counts.get("default", 0),
-            pending=counts.get("pending", 0),
+            counts,
             default_reward=default_reward,
             outcome_window_days=outcome_window_s / 86400,
         )

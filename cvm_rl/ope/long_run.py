@@ -25,7 +25,7 @@ import numpy as np
 from cvm_rl.logs.arrays import LoggedDecisions
 from cvm_rl.ope.estimators import LONG_RUN_LABELS, long_run_estimators
 from cvm_rl.ope.inputs import LogInputError
-from cvm_rl.ope.intervals import bootstrap_multiplicities, percentile_interval
+from cvm_rl.ope.intervals import bootstrap_multiplicities
 from cvm_rl.ope.results import Estimate, LongRunDiagnostics
 from cvm_rl.ope.sequential import (
     MarginalizedIS,
@@ -97,11 +97,14 @@ def long_run_estimates(
         start = stop
     logged = float(returns.mean())
     estimates = tuple(
-        Estimate(
-            estimator=e.estimator_name,
-            label=LONG_RUN_LABELS[e.estimator_name],
-            value=percentile_interval(point, reps, alpha),
-            lift=percentile_interval(point - logged, reps - logged_return_reps, alpha),
+        Estimate.paired(
+            e.estimator_name,
+            LONG_RUN_LABELS[e.estimator_name],
+            point,
+            reps,
+            logged,
+            logged_return_reps,
+            alpha,
         )
         for e, point, reps in zip(estimators, points, draws, strict=True)
     )

@@ -13,7 +13,7 @@ import numpy as np
 from cvm_rl.ope.diagnostics import WeightDiagnostics
 from cvm_rl.ope.estimators import SINGLE_STEP_PRIMARY
 from cvm_rl.ope.inputs import LogSource
-from cvm_rl.ope.intervals import Interval
+from cvm_rl.ope.intervals import Interval, percentile_interval
 from cvm_rl.ope.reward_model import RewardModelFit
 
 
@@ -26,6 +26,26 @@ class Estimate:
     label: str
     value: Interval
     lift: Interval
+
+    @classmethod
+    def paired(
+        cls,
+        estimator: str,
+        label: str,
+        point: float,
+        replicates: np.ndarray,
+        logged: float,
+        logged_replicates: np.ndarray,
+        alpha: float,
+    ) -> Estimate:
+        """The value's percentile interval, and the lift's over the logger's value from the
+        same resamples (so the logger's own noise cancels)."""
+        return cls(
+            estimator=estimator,
+            label=label,
+            value=percentile_interval(point, replicates, alpha),
+            lift=percentile_interval(point - logged, replicates - logged_replicates, alpha),
+        )
 
 
 @dataclass(frozen=True)

@@ -258,11 +258,14 @@ def _single_step_estimates(
     points, replicates = sums.values()
     logged, logged_replicates = points[0], replicates[0]
     estimates = tuple(
-        Estimate(
-            estimator=est.estimator_name,
-            label=SINGLE_STEP_LABELS[est.estimator_name],
-            value=percentile_interval(point, reps, alpha),
-            lift=percentile_interval(point - logged, reps - logged_replicates, alpha),
+        Estimate.paired(
+            est.estimator_name,
+            SINGLE_STEP_LABELS[est.estimator_name],
+            point,
+            reps,
+            logged,
+            logged_replicates,
+            alpha,
         )
         for est, point, reps in zip(sums.estimators[1:], points[1:], replicates[1:], strict=True)
     )

@@ -297,13 +297,7 @@ def evaluate_export_streaming(
             np.isnan(decisions.probabilities).any()
         )
         sample.offer(decisions, rng.random(len(decisions)))
-    source = LogSource(
-        str(path),
-        "export",
-        reported=statuses.get("reported", 0),
-        defaulted=statuses.get("default", 0),
-        pending=statuses.get("pending", 0),
-    )
+    source = LogSource.from_counts(path, "export", statuses)
     sampled = sample.merge()
     if sampled is None:
         raise nothing_to_evaluate(source.pending or 0)
