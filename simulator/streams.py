@@ -87,7 +87,10 @@ class CustomerStreams:
 
 def poisson_from_uniform(u: np.ndarray, rate: np.ndarray) -> np.ndarray:
     """Poisson(``rate``) counts by inverse transform of ``u``: the smallest k whose CDF
-    reaches u. Monotone in the rate for a fixed u, so a higher rate never gives fewer."""
+    reaches u. Monotone in the rate for a fixed u, so a higher rate never gives fewer. The
+    same numbers as ``scipy.stats.poisson.ppf(u, rate)`` (a test checks it), which is about
+    40x slower on a week of 100,000 customers (most of whom buy nothing): this runs in the
+    step kernel."""
     u = np.asarray(u, dtype=np.float64)
     rate = np.asarray(rate, dtype=np.float64)
     counts = np.zeros(u.shape, dtype=np.int64)
