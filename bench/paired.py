@@ -8,7 +8,9 @@ weeks, ``--seeds`` populations of ``--customers``):
 
 * ``rules`` against ``rules+eps0.1`` (the rules with 10 % uniform exploration), which differ
   on about a tenth of the decisions (the share is measured);
-* ``rules`` against a MaskablePPO bundle trained here (``--ppo-steps``, training seed 0).
+* ``rules`` against a MaskablePPO bundle trained here (``--ppo-steps``, training seed 0), by
+  each tree on its own default scenario (the worlds of two trees may differ: the table says
+  which share of decisions differ in each).
 
 For each pair, the paired difference of value per customer with two 95 % half-widths: over
 the customers (the per-customer differences of all populations pooled) and over the
@@ -147,9 +149,9 @@ def _in_tree(tree: Path, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train_bundle(steps: int, out: Path, tree: Path) -> Path:
-    """A MaskablePPO bundle trained by ``cvm train`` of ``tree`` (the reference tree when
-    there is one: a bundle records its scenario, and newer scenario keys would not load in
-    an older tree, while older bundles load in newer ones)."""
+    """A MaskablePPO bundle trained by ``cvm train`` of ``tree``, on that tree's default
+    scenario (each tree gets its own: trees whose observation schemas differ, e.g. before
+    and after segments became latent, cannot share one)."""
     subprocess.run(
         [
             *(sys.executable, "-m", "cvm_rl.cli", "train", "--algo", "maskable_ppo"),
@@ -178,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = machine_info("torch")
     with source_trees(args.ref) as trees, tempfile.TemporaryDirectory() as tmp:
-        # the oldest tree trains it (see _train_bundle)
-        bundle = _train_bundle(args.ppo_steps, Path(tmp) / "ppo", list(trees.values())[-1])
-        params = {**asdict(args), "bundle": str(bundle)}
-        results = {name: _in_tree(tree, params) for name, tree in trees.items()}
+        results = {}
+        for name, tree in trees.items():
+            bundle = _train_bundle(args.ppo_steps, Path(tmp) / f"ppo-{name}", tree)
+            results[name] = _in_tree(tree, {**asdict(args), "bundle": str(bundle)})
 
     print(
         f"paired difference of value per customer, {args.seeds} populations x "

@@ -207,8 +207,20 @@ def _save_rules(policy: Policy) -> dict[str, Any]:
 def _load_rules(state: dict[str, Any], scenario: Scenario, seed: int | None) -> Policy:
     rules = []
     for i, raw in enumerate(state["rules"]):
+        fields = dict(raw)
+        if "segment" in fields:  # saved before segments became latent conditions
+            segment = fields.pop("segment")
+            fields["when"] = [f"segment_{segment}"] if segment else []
         try:
-            rules.append(Rule(**{**raw, "channels": tuple(raw["channels"])}))
+            rules.append(
+                Rule(
+                    **{
+                        **fields,
+                        "channels": tuple(fields["channels"]),
+                        "when": tuple(fields.get("when", ())),
+                    }
+                )
+            )
         except (TypeError, KeyError) as exc:
             raise ValueError(f"rules[{i}]: not a valid Rule ({exc})") from None
     return RuleBasedPolicy(
@@ -507,8 +519,12 @@ def load_bundle(path: str | Path, *, seed: int | None = None) -> Bundle:
             f"do not match the content hash (expected {digest[:12]!r}/{expected_id!r})"
         )
 
+    stored_scenario = dict(manifest["scenario"])
+    if "segment_observed" not in stored_scenario:
+        # Saved before segments became latent: its policy saw the segment label.
+        stored_scenario["segment_observed"] = True
     try:
-        scenario = scenario_from_mapping(manifest["scenario"], source=f"{manifest_path}: scenario")
+        scenario = scenario_from_mapping(stored_scenario, source=f"{manifest_path}: scenario")
     except ScenarioError as exc:
         raise BundleError(str(exc)) from None
     _check_schema(manifest_path, spec, scenario)

@@ -98,6 +98,37 @@ class Segment(_Strict):
     """Response multiplier per channel name (missing channels: 1.0)."""
 
 
+class Attribute(_Strict):
+    """An observable customer attribute whose distribution depends on the latent segment.
+
+    Segments are not observed: a policy sees only attributes like these (how the customer
+    was acquired, what they buy, where they live), each a noisy hint at the segment, as a
+    one-hot group ``{attribute}_{member}`` of the observation.
+    """
+
+    description: str = ""
+    members: list[str] = Field(min_length=2)
+    by_segment: dict[str, list[Probability]]
+    """For every segment, the probability of each member, in ``members`` order (sums to 1)."""
+
+    @model_validator(mode="after")
+    def _distributions(self) -> Attribute:
+        bad = [m for m in self.members if not m.isidentifier()]
+        if bad or len(set(self.members)) != len(self.members):
+            raise ValueError(f"members must be distinct identifiers, got {self.members}")
+        for segment, probs in self.by_segment.items():
+            if len(probs) != len(self.members):
+                raise ValueError(
+                    f"by_segment.{segment}: {len(probs)} probabilities for "
+                    f"{len(self.members)} members {self.members}"
+                )
+            if abs(sum(probs) - 1.0) > 1e-6:
+                raise ValueError(
+                    f"by_segment.{segment}: probabilities sum to {sum(probs):.6g}, not 1"
+                )
+        return self
+
+
 class Offer(_Strict):
     """One entry of the offer catalog; ``none`` is a plain message without incentive."""
 
@@ -165,6 +196,11 @@ class Scenario(_Strict):
     channels: dict[str, Channel]
     constraints: Constraints = Constraints()
     acquisition: Acquisition = Acquisition()
+    attributes: dict[str, Attribute] = Field(default_factory=dict)
+    """Observable attributes that hint at the latent segment (see :class:`Attribute`)."""
+    segment_observed: bool = False
+    """True adds the segment label itself to the observation (an ablation: what knowing the
+    segment is worth); by default segments are latent."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -180,6 +216,20 @@ class Scenario(_Strict):
                     f"segments.{seg_name}.channel_affinity: unknown channel(s) "
                     f"{sorted(unknown)}; allowed: {sorted(self.channels)}"
                 )
+        # Imported here: the observation schema is built from a scenario (a cycle otherwise).
+        from simulator.observation import FIXED_FEATURE_GROUPS
+
+        for name, attribute in self.attributes.items():
+            if not name.isidentifier() or name in FIXED_FEATURE_GROUPS:
+                raise ValueError(
+                    f"attributes.{name}: the name must be an identifier other than the "
+                    f"observation's own groups {sorted(FIXED_FEATURE_GROUPS)}"
+                )
+            if set(attribute.by_segment) != set(self.segments):
+                raise ValueError(
+                    f"attributes.{name}.by_segment: needs exactly the segments "
+                    f"{sorted(self.segments)}, got {sorted(attribute.by_segment)}"
+                )
         return self
 
     # Derived views used by the kernel and the policies.
@@ -194,6 +244,10 @@ class Scenario(_Strict):
     @property
     def segment_names(self) -> list[str]:
         return list(self.segments)
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return list(self.attributes)
 
     @property
     def n_actions(self) -> int:

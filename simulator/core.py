@@ -88,6 +88,7 @@ class Tables:
     segment_sensitivity: np.ndarray  # (S,)
     segment_contact_churn: np.ndarray  # (S,)
     segment_affinity: np.ndarray  # (S, C)
+    attribute_cdf: tuple[np.ndarray, ...]  # per attribute: (S, M) cumulative member probabilities
     season: np.ndarray  # (52,) multiplier by week of year (0-based)
     observation: ObservationLayout  # the columns ``Population.observe`` fills
 
@@ -145,9 +146,27 @@ class Tables:
             segment_affinity=np.asarray(
                 [[s.channel_affinity.get(c, 1.0) for c in sc.channels] for s in segments]
             ),
+            attribute_cdf=tuple(
+                np.cumsum([attr.by_segment[name] for name in sc.segments], axis=1)
+                for attr in sc.attributes.values()
+            ),
             season=season,
             observation=ObservationLayout.from_scenario(sc),
         )
+
+
+def _draw_attributes(tb: Tables, segment: np.ndarray, streams: CustomerStreams) -> np.ndarray:
+    """(N, K) member index of each attribute, drawn from the customer's segment's
+    distribution by inverse transform of the customer's own stream (one per attribute)."""
+    n = len(segment)
+    out = np.zeros((n, len(tb.attribute_cdf)), dtype=np.int8)
+    customers = np.arange(n)
+    for k, cdf in enumerate(tb.attribute_cdf):
+        u = streams.uniform(Purpose.ATTRIBUTE, k, customers)
+        rows = cdf[segment.astype(np.intp)]
+        # the first member whose cumulative probability exceeds u (rounding: never past last)
+        out[:, k] = np.minimum((u[:, None] >= rows).sum(axis=1), cdf.shape[1] - 1)
+    return out
 
 
 def _week_range(start: int, end: int) -> np.ndarray:
@@ -189,6 +208,8 @@ class Population:
     alive: np.ndarray
     segment: np.ndarray
     fatigue: np.ndarray  # (N, C) float32
+    # observable, static: member index of each scenario attribute (hints at the segment)
+    attributes: np.ndarray  # (N, K) int8
     pf_debt: np.ndarray
     retention_mult: np.ndarray
     retention_left: np.ndarray
@@ -334,6 +355,7 @@ class Population:
                 streams.uniform(Purpose.DROPOUT_BUDGET, 0, np.arange(n))
             ),
             lives=np.zeros(n, dtype=np.int32),
+            attributes=_draw_attributes(tb, segment, streams),
             strict=strict,
         )
 
@@ -368,7 +390,15 @@ class Population:
                 "contacts_in_window": self.window_counts,
                 "opt_in": self.opt_in,
                 "stage": one_hot(self.stage(), len(STAGES)),
-                "segment": one_hot(self.segment, self.tables.n_segments),
+                **{
+                    name: one_hot(self.attributes[:, k], len(attribute.members))
+                    for k, (name, attribute) in enumerate(self.scenario.attributes.items())
+                },
+                **(
+                    {"segment": one_hot(self.segment, self.tables.n_segments)}
+                    if self.scenario.segment_observed
+                    else {}
+                ),
                 "week_of_year_sin": np.sin(angle),
                 "week_of_year_cos": np.cos(angle),
                 "horizon_progress": self.week / self.scenario.horizon_weeks,

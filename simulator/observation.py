@@ -20,6 +20,23 @@ CONTACT_RECENCY_CAP = 52
 # Observation caps keep the Box finite; no simulated customer comes near them.
 FREQUENCY_CAP = 100_000
 MONETARY_CAP = 1e7
+FIXED_FEATURE_GROUPS = frozenset(
+    {
+        "recency_weeks",
+        "frequency",
+        "monetary_avg",
+        "tenure_weeks",
+        "weeks_since_contact",
+        "contacts_in_window",
+        "opt_in",
+        "stage",
+        "segment",
+        "week_of_year_sin",
+        "week_of_year_cos",
+        "horizon_progress",
+    }
+)
+"""The observation's own feature groups (a scenario's attributes add theirs; none may clash)."""
 
 
 @dataclass(frozen=True)
@@ -132,17 +149,33 @@ def observation_features(sc: Scenario) -> tuple[ObservationFeature, ...]:
         )
         for s in STAGES
     ]
-    features += [
-        ObservationFeature(
-            f"segment_{s}",
-            "segment",
-            0.0,
-            1.0,
-            description=f"1 if the customer belongs to segment {s}",
-            encoding="one-hot",
-        )
-        for s in sc.segments
-    ]
+    # Segments are latent: attributes hint at them; the label itself only on request.
+    for name, attribute in sc.attributes.items():
+        about = f" ({attribute.description})" if attribute.description else ""
+        features += [
+            ObservationFeature(
+                f"{name}_{member}",
+                name,
+                0.0,
+                1.0,
+                description=f"1 if the customer's {name} is {member}{about}",
+                encoding="one-hot",
+            )
+            for member in attribute.members
+        ]
+    if sc.segment_observed:
+        features += [
+            ObservationFeature(
+                f"segment_{s}",
+                "segment",
+                0.0,
+                1.0,
+                description=f"1 if the customer belongs to segment {s} (the latent label, "
+                "observed in this scenario)",
+                encoding="one-hot",
+            )
+            for s in sc.segments
+        ]
     features += [
         ObservationFeature(
             "week_of_year_sin",

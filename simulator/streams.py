@@ -43,6 +43,7 @@ class Purpose(IntEnum):
     PURCHASES = 5
     DROPOUT_BUDGET = 6
     SPEND = 7
+    ATTRIBUTE = 8  # static: the "week" is the attribute's index
 
 
 def _fmix(x: np.ndarray) -> np.ndarray:

@@ -14,9 +14,11 @@ from cvm_rl.policies.bandits import (
 from cvm_rl.policies.features import FeatureTransform
 from cvm_rl.training import train_bandit
 from simulator.config import load_scenario
+from simulator.observation import observation_feature_names
 from simulator.vector_env import CustomerLifecycleVectorEnv
 
 SCENARIO = load_scenario("default")
+N_FEATURES = len(observation_feature_names(SCENARIO))
 BANDITS = [LinUCBPolicy, LinTSPolicy, EpsilonGreedyPolicy]
 
 
@@ -47,7 +49,7 @@ def trained(policy_cls, rollout, **kwargs) -> LinearBandit:
 def test_feature_transform_is_bounded_and_has_bias(rollout) -> None:
     transform = FeatureTransform.from_scenario(SCENARIO)
     X = transform(np.vstack([obs for obs, *_ in rollout]))
-    assert X.shape[1] == transform.dim == 31
+    assert X.shape[1] == transform.dim == N_FEATURES + 1
     assert np.all(X[:, 0] == 1.0)
     assert np.all(np.abs(X) <= 1.0 + 1e-12)
 
@@ -227,7 +229,7 @@ def test_raw_mode_needs_dimensions() -> None:
 
 
 def _bad_updates():
-    obs = np.zeros((4, 30), dtype=np.float32)
+    obs = np.zeros((4, N_FEATURES), dtype=np.float32)
     acts = np.array([0, 1, 2, 3])
     rew = np.zeros(4)
     return [
@@ -238,8 +240,8 @@ def _bad_updates():
         ((obs, np.array([0, 1, 2, 25]), rew), "actions must be in"),
         ((obs, np.array([0, -1, 2, 3]), rew), "actions must be in"),
         ((obs, acts.astype(float), rew), "actions must be integers"),
-        ((obs[:, :29], acts, rew), "obs must have shape"),
-        ((np.full((4, 30), np.nan), acts, rew), "obs must be finite"),
+        ((obs[:, : N_FEATURES - 1], acts, rew), "obs must have shape"),
+        ((np.full((4, N_FEATURES), np.nan), acts, rew), "obs must be finite"),
     ]
 
 

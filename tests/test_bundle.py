@@ -45,10 +45,13 @@ from cvm_rl.policies import (
 )
 from cvm_rl.training import train_bandit
 from simulator.config import Scenario, load_scenario, scenario_from_mapping
+from simulator.core import Population
+from simulator.observation import observation_feature_names
 from simulator.sb3 import CustomerLifecycleSB3VecEnv
 from simulator.vector_env import CustomerLifecycleVectorEnv
 
 SCENARIO = load_scenario("default")
+N_FEATURES = len(observation_feature_names(SCENARIO))
 N_ENVS = 64
 
 
@@ -242,12 +245,15 @@ def _net(*sizes: int) -> dict[str, list[np.ndarray]]:
     [
         ({"weights": [], "biases": []}, "weights must hold at least one"),
         ({"biases": [np.zeros(8)]}, "biases must have one vector per layer"),
-        (_net(29, 8, 25), r"weights\[0\] must have shape \(30, k\) to match the number of"),
         (
-            {"weights": [np.ones((30, 8)), np.ones((7, 25))]},
+            _net(N_FEATURES - 1, 8, 25),
+            rf"weights\[0\] must have shape \({N_FEATURES}, k\) to match the number of",
+        ),
+        (
+            {"weights": [np.ones((N_FEATURES, 8)), np.ones((7, 25))]},
             r"weights\[1\] must have shape \(8, k\) to match weights\[0\]'s outputs",
         ),
-        (_net(30, 8, 24), r"weights\[1\] must have 25 outputs"),
+        (_net(N_FEATURES, 8, 24), r"weights\[1\] must have 25 outputs"),
         ({"biases": [np.zeros(8), np.zeros(3)]}, r"biases\[1\] must have shape \(25,\)"),
         ({"activation": "gelu"}, "activation must be one of"),
         ({"head": "values"}, "head must be one of"),
@@ -259,7 +265,7 @@ def _net(*sizes: int) -> dict[str, list[np.ndarray]]:
     ],
 )
 def test_mlp_rejects_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
-    weights, biases = _layers(30, 8, 25)
+    weights, biases = _layers(N_FEATURES, 8, 25)
     args = {"weights": weights, "biases": biases, **kwargs}
     with pytest.raises(ValueError, match=match):
         MLPPolicy(SCENARIO, **args)
@@ -267,7 +273,7 @@ def test_mlp_rejects_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
 
 def test_temperature_flattens_the_softmax(batch: tuple[np.ndarray, np.ndarray]) -> None:
     obs, masks = batch
-    weights, biases = _layers(30, 8, 25)
+    weights, biases = _layers(N_FEATURES, 8, 25)
     sharp = MLPPolicy(SCENARIO, weights, biases).action_probabilities(obs, masks)
     flat = MLPPolicy(SCENARIO, weights, biases, temperature=10.0).action_probabilities(obs, masks)
     assert (flat.max(axis=1) <= sharp.max(axis=1) + 1e-12).all()
@@ -294,7 +300,11 @@ def policies(trained: dict[str, BaseAlgorithm]) -> dict[str, Policy]:
     out["random"] = RandomPolicy(SCENARIO)
     out["rules"] = RuleBasedPolicy(
         SCENARIO,
-        rules=[Rule("at_risk", "discount_20", ("sms", "email"), segment="deal_seekers")],
+        rules=[
+            Rule(
+                "at_risk", "discount_20", ("sms", "email"), when=("acquisition_source_coupon_site",)
+            )
+        ],
         min_weeks_between_contacts=2,
     )
     out["greedy"] = GreedyUpliftPolicy.fit_from_simulation(SCENARIO, n_customers=300, weeks=4)
@@ -489,7 +499,7 @@ def _drop_bias(arrays: dict[str, np.ndarray]) -> None:
 
 
 def _shrink_listed_shape(m: dict[str, Any]) -> None:
-    m["arrays"]["weight_0"]["shape"] = [30, 63]
+    m["arrays"]["weight_0"]["shape"] = [N_FEATURES, 63]
 
 
 def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -556,7 +566,7 @@ CORRUPTIONS: list[tuple[str, Callable[[Path], None], str]] = [
     (
         "listed shape",
         lambda b: _edit_manifest(b, _shrink_listed_shape, resign=True),
-        r"array 'weight_0' has shape \[30, 64\]",
+        rf"array 'weight_0' has shape \[{N_FEATURES}, 64\]",
     ),
     (
         "feature schema",
@@ -684,3 +694,36 @@ def test_a_new_policy_kind_is_one_registration(tmp_path: Path) -> None:
             register_policy_kind("test_constant", Constant)
     finally:
         del bundle_module.POLICY_KINDS["test_constant"]
+
+
+def test_a_bundle_saved_before_segments_became_latent_still_loads(tmp_path: Path) -> None:
+    """Older manifests have no ``segment_observed`` or ``attributes`` and rules with a
+    ``segment``: their policies saw the segment label, so they load with it observed."""
+    observed = SCENARIO.with_overrides({"attributes": {}, "segment_observed": True})
+    rules = RuleBasedPolicy(
+        observed, rules=[Rule("at_risk", "discount_20", ("sms",), when=("segment_deal_seekers",))]
+    )
+    path = save_bundle(rules, tmp_path / "old", algo="rules", training_config={})
+
+    def as_before(m: dict[str, Any]) -> None:
+        del m["scenario"]["segment_observed"], m["scenario"]["attributes"]
+        (rule,) = m["policy_config"]["rules"]
+        del rule["when"]
+        rule["segment"] = "deal_seekers"
+
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    as_before(manifest)
+    with np.load(path / ARRAYS_FILE) as npz:
+        digest = content_hash(manifest, {k: npz[k] for k in npz.files})
+    manifest.update(sha256=digest, version=digest[:12], model_id=f"rules-{digest[:12]}")
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    bundle = load_bundle(path)
+    assert bundle.scenario.segment_observed
+    assert isinstance(bundle.policy, RuleBasedPolicy)
+    assert bundle.policy.rules[0].when == ("segment_deal_seekers",)
+    pop = Population.create(observed, 2000, np.random.default_rng(0))
+    obs, mask = pop.observe(), pop.action_mask()
+    np.testing.assert_array_equal(
+        bundle.policy.action_probabilities(obs, mask), rules.action_probabilities(obs, mask)
+    )

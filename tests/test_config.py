@@ -237,6 +237,42 @@ BAD_VALUES: list[tuple[str, Callable[[dict], None], str, list[str]]] = [
         ["at_risk_weeks < lapsed_weeks < churned_weeks", "12, 10, 52"],
     ),
     (
+        "attribute-probabilities-do-not-sum-to-one",
+        lambda d: _set(d, "attributes.region_type.by_segment.loyalists", [0.5, 0.4, 0.2]),
+        "attributes.region_type",
+        ["by_segment.loyalists", "sum to 1.1"],
+    ),
+    (
+        "attribute-probability-count",
+        lambda d: _set(d, "attributes.region_type.by_segment.loyalists", [0.5, 0.5]),
+        "attributes.region_type",
+        ["by_segment.loyalists", "2 probabilities for 3 members"],
+    ),
+    (
+        "attribute-negative-probability",
+        lambda d: _set(d, "attributes.region_type.by_segment.loyalists", [1.2, -0.2, 0.0]),
+        "attributes.region_type.by_segment.loyalists.1",
+        ["out of range", "[0.0, 1.0]"],
+    ),
+    (
+        "attribute-missing-segment",
+        lambda d: _delete(d, "attributes.region_type.by_segment.sleeping_dogs"),
+        "attributes.region_type.by_segment",
+        ["needs exactly the segments", "sleeping_dogs"],
+    ),
+    (
+        "attribute-duplicate-members",
+        lambda d: _set(d, "attributes.region_type.members", ["urban", "urban", "rural"]),
+        "attributes.region_type",
+        ["members must be distinct identifiers"],
+    ),
+    (
+        "attribute-named-after-a-feature-group",
+        lambda d: _set(d, "attributes.stage", d["attributes"]["region_type"]),
+        "attributes.stage",
+        ["observation's own groups", "recency_weeks"],
+    ),
+    (
         "stages-equal",
         lambda d: _set(d, "stages.churned_weeks", 26),
         "stages",

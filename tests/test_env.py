@@ -88,7 +88,8 @@ def test_spaces_follow_the_scenario(default_scenario: Scenario) -> None:
     assert env.action_space.n == default_scenario.n_actions
     # Expected dimension, counted from the scenario independently of the feature list.
     sc = default_scenario
-    assert len(names) == 4 + 3 * len(sc.channels) + len(STAGES) + len(sc.segments) + 3
+    attributes = sum(len(a.members) for a in sc.attributes.values())
+    assert len(names) == 4 + 3 * len(sc.channels) + len(STAGES) + attributes + 3
 
 
 def test_observations_stay_in_space_over_random_rollouts(default_scenario: Scenario) -> None:

@@ -12,8 +12,10 @@ from cvm_rl.logs.simulated import collect_logged_data
 from cvm_rl.policies.baselines import ExplorationPolicy, RandomPolicy
 from cvm_rl.policies.greedy import GreedyUpliftPolicy
 from simulator.config import load_scenario
+from simulator.observation import observation_feature_names
 
 SCENARIO = load_scenario("default")
+N_FEATURES = len(observation_feature_names(SCENARIO))
 SMALL = SCENARIO.model_copy(update={"offers": dict(list(SCENARIO.offers.items())[:2])})
 
 
@@ -42,7 +44,7 @@ def reference_coef(policy: GreedyUpliftPolicy, data: LoggedData) -> np.ndarray:
 # --------------------------------------------------------------------------- logged data
 def test_logged_data_is_one_row_per_customer_week_with_honest_propensities(logged) -> None:
     n = 1500 * 12
-    assert logged.obs.shape == (n, 30) and logged.mask.shape == (n, SCENARIO.n_actions)
+    assert logged.obs.shape == (n, N_FEATURES) and logged.mask.shape == (n, SCENARIO.n_actions)
     rows = np.arange(n)
     assert logged.mask[rows, logged.actions].all()
     probs = ExplorationPolicy(SCENARIO).action_probabilities(logged.obs, logged.mask)
@@ -64,7 +66,7 @@ def test_exploration_policy_shares() -> None:
     mask = np.array(
         [[True] * 5 + [False] * 20, [True] + [False] * 24, [False, True] + [False] * 23]
     )
-    obs = np.zeros((3, 30), dtype=np.float32)
+    obs = np.zeros((3, N_FEATURES), dtype=np.float32)
     probs = ExplorationPolicy(SCENARIO, no_contact_share=0.2).action_probabilities(obs, mask)
     np.testing.assert_allclose(probs[0, :5], [0.2, 0.2, 0.2, 0.2, 0.2])
     assert probs[1, 0] == 1.0 and probs[2, 1] == 1.0
@@ -101,7 +103,13 @@ def test_fit_equals_the_ridge_solution_on_the_design_matrix(logged, monkeypatch)
     blurred = LoggedData(obs, part.mask, part.actions, part.propensities, part.rewards)
     policy = GreedyUpliftPolicy(SCENARIO, ridge=3.0).fit(blurred)
     np.testing.assert_allclose(policy.coef, reference_coef(policy, blurred), rtol=1e-7, atol=1e-9)
-    assert policy.design_names()[0] == "bias" and len(policy.design_names()) == 268
+    # bias, the features, stage x segment, stage x plain, segment x plain (segments are latent
+    # in the default scenario: no segment one-hots, so only the stage crosses remain)
+    n_stage, n_segment = len(policy._stage), len(policy._segment)
+    n_plain = N_FEATURES - n_stage - n_segment
+    expected = 1 + N_FEATURES + n_stage * n_segment + (n_stage + n_segment) * n_plain
+    assert (n_stage, n_segment) == (7, 0)
+    assert policy.design_names()[0] == "bias" and len(policy.design_names()) == expected
 
 
 def test_fit_recovers_a_known_per_action_linear_reward() -> None:
@@ -246,7 +254,7 @@ def _bad_logged_data(logged: LoggedData) -> list[tuple[dict, str]]:
     blocked[np.arange(n), logged.actions[:n]] = False
     return [
         ({**base, "obs": logged.obs[0]}, "obs must have shape"),
-        ({**base, "obs": np.full((n, 30), np.nan)}, "obs must be finite"),
+        ({**base, "obs": np.full((n, N_FEATURES), np.nan)}, "obs must be finite"),
         ({**base, "mask": logged.mask[:n].astype(int)}, "mask must be a boolean"),
         ({**base, "actions": logged.actions[: n - 1]}, "actions must be"),
         ({**base, "actions": logged.actions[:n] + 0.0}, "actions must be"),
@@ -276,7 +284,9 @@ def test_misuse_of_the_policy_is_explained(logged, fitted) -> None:
     no_control = LoggedData(obs[1:2], mask[1:2], np.array([1]), np.ones(1), np.zeros(1))
     with pytest.raises(ValueError, match="no contact"):
         fresh.fit(no_control)
-    narrow = LoggedData(obs[:, :29], mask, logged.actions[:10], np.ones(10), np.zeros(10))
+    narrow = LoggedData(
+        obs[:, : N_FEATURES - 1], mask, logged.actions[:10], np.ones(10), np.zeros(10)
+    )
     with pytest.raises(ValueError, match="data: obs/mask widths"):
         fresh.fit(narrow)
     state = fitted.state_dict()

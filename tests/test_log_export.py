@@ -201,11 +201,7 @@ def test_simulation_refuses_bad_arguments_and_writes_nothing(
 
 
 def test_simulation_refuses_a_model_id_recorded_with_other_features(tmp_path: Path) -> None:
-    two = {
-        name: {**segment, "share": 0.5}
-        for name, segment in list(SCENARIO.model_dump()["segments"].items())[:2]
-    }
-    other = scenario_from_mapping({**SCENARIO.model_dump(), "segments": two})
+    other = SCENARIO.with_overrides({"attributes": {}})  # no attribute features
     with DecisionLog(tmp_path / "log.db") as log:
         simulate_to_log(RandomPolicy(other), other, log, customers=5, weeks=1, seed=1)
         with pytest.raises(ValueError, match="already records 'random-sim' with other features"):

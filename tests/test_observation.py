@@ -9,6 +9,7 @@ from cvm_rl.policies.features import FeatureTransform
 from simulator.config import STAGES, Scenario, scenario_from_mapping
 from simulator.core import Population
 from simulator.observation import (
+    FIXED_FEATURE_GROUPS,
     ObservationLayout,
     observation_feature_names,
     observation_features,
@@ -41,10 +42,19 @@ DEFAULT_SCHEMA = [
     ("stage_lapsed", 0.0, 1.0, False),
     ("stage_churned", 0.0, 1.0, False),
     ("stage_reactivated", 0.0, 1.0, False),
-    ("segment_loyalists", 0.0, 1.0, False),
-    ("segment_mainstream", 0.0, 1.0, False),
-    ("segment_deal_seekers", 0.0, 1.0, False),
-    ("segment_sleeping_dogs", 0.0, 1.0, False),
+    ("acquisition_source_organic", 0.0, 1.0, False),
+    ("acquisition_source_paid_search", 0.0, 1.0, False),
+    ("acquisition_source_coupon_site", 0.0, 1.0, False),
+    ("acquisition_source_referral", 0.0, 1.0, False),
+    ("contact_preference_any", 0.0, 1.0, False),
+    ("contact_preference_occasional", 0.0, 1.0, False),
+    ("contact_preference_not_stated", 0.0, 1.0, False),
+    ("category_affinity_new_releases", 0.0, 1.0, False),
+    ("category_affinity_catalogue", 0.0, 1.0, False),
+    ("category_affinity_both", 0.0, 1.0, False),
+    ("region_type_urban", 0.0, 1.0, False),
+    ("region_type_suburban", 0.0, 1.0, False),
+    ("region_type_rural", 0.0, 1.0, False),
     ("week_of_year_sin", -1.0, 1.0, False),
     ("week_of_year_cos", -1.0, 1.0, False),
     ("horizon_progress", 0.0, 1.0, False),
@@ -139,7 +149,85 @@ def test_observe_reads_each_feature_from_its_state(
     stage_cols = [col[f"stage_{s}"] for s in STAGES]
     np.testing.assert_array_equal(obs[:, stage_cols].argmax(axis=1), pop.stage())
     np.testing.assert_array_equal(obs[:, stage_cols].sum(axis=1), 1.0)
-    segment_cols = [col[f"segment_{s}"] for s in sc.segments]
-    np.testing.assert_array_equal(obs[:, segment_cols].argmax(axis=1), pop.segment)
-    np.testing.assert_array_equal(obs[:, segment_cols].sum(axis=1), 1.0)
+    for k, (name, attribute) in enumerate(sc.attributes.items()):
+        cols = [col[f"{name}_{m}"] for m in attribute.members]
+        np.testing.assert_array_equal(obs[:, cols].argmax(axis=1), pop.attributes[:, k])
+        np.testing.assert_array_equal(obs[:, cols].sum(axis=1), 1.0)
+    assert not any(name.startswith("segment_") for name in col)
     np.testing.assert_array_equal(obs[:, col["horizon_progress"]], np.float32(5 / sc.horizon_weeks))
+
+
+# ---------------------------------------------------------------- latent segments
+
+
+def test_no_observation_column_is_the_segment_label(default_scenario: Scenario) -> None:
+    """Segments are latent: no column, and no one-hot group, tells a customer's segment, and
+    all the observation's static attributes together name it for only about half of them."""
+    sc = default_scenario
+    pop = Population.create(sc, 40_000, np.random.default_rng(3))
+    rng = np.random.default_rng(4)
+    for _ in range(4):
+        pop.step(rng.integers(0, sc.n_actions, size=pop.n))
+    obs = pop.observe()
+    segment = pop.segment.astype(np.intp)
+    prior_best = np.bincount(segment).max() / pop.n
+    for j, name in enumerate(observation_feature_names(sc)):
+        values, codes = np.unique(obs[:, j], return_inverse=True)
+        if len(values) > 200:  # continuous: the best threshold on its ranks
+            codes = np.minimum(np.argsort(np.argsort(obs[:, j])) * 20 // pop.n, 19)
+        # Accuracy of guessing each customer's segment as its value's most common segment.
+        table = np.zeros((codes.max() + 1, sc.segments.__len__()))
+        np.add.at(table, (codes, segment), 1)
+        accuracy = table.max(axis=1).sum() / pop.n
+        assert accuracy < prior_best + 0.15, f"{name} names the segment ({accuracy:.2f})"
+    # Every static attribute at once (the cells of their joint one-hot groups).
+    cell = np.ravel_multi_index(
+        pop.attributes.T.astype(np.intp), [len(a.members) for a in sc.attributes.values()]
+    )
+    table = np.zeros((cell.max() + 1, len(sc.segments)))
+    np.add.at(table, (cell, segment), 1)
+    joint = table.max(axis=1).sum() / pop.n
+    assert prior_best < joint < 0.65
+    # ... and the customers likeliest to be sleeping dogs are so less than half the time.
+    dogs = sc.segment_names.index("sleeping_dogs")
+    dog_share = table[:, dogs] / np.maximum(table.sum(axis=1), 1)
+    assert 0.2 < dog_share[table.sum(axis=1) > 200].max() < 0.6
+
+
+def test_attributes_follow_their_segment_distribution(default_scenario: Scenario) -> None:
+    sc = default_scenario
+    pop = Population.create(sc, 60_000, np.random.default_rng(5))
+    for k, attribute in enumerate(sc.attributes.values()):
+        for s, name in enumerate(sc.segments):
+            members = pop.attributes[pop.segment == s, k]
+            shares = np.bincount(members, minlength=len(attribute.members)) / len(members)
+            np.testing.assert_allclose(shares, attribute.by_segment[name], atol=0.025)
+
+
+def test_attributes_are_static_and_shared_by_every_policy(default_scenario: Scenario) -> None:
+    sc = default_scenario
+    a = Population.create(sc, 500, np.random.default_rng(6))
+    b = Population.create(sc, 500, np.random.default_rng(6))
+    start = a.attributes.copy()
+    a.step(np.zeros(500, dtype=np.int64))
+    b.step(np.random.default_rng(7).integers(0, sc.n_actions, size=500))
+    b.reseed(8)
+    b.step(np.zeros(500, dtype=np.int64))
+    np.testing.assert_array_equal(a.attributes, start)
+    np.testing.assert_array_equal(b.attributes, start)
+
+
+def test_the_segment_can_be_observed_as_an_ablation(default_scenario: Scenario) -> None:
+    sc = default_scenario.with_overrides({"segment_observed": True})
+    names = observation_feature_names(sc)
+    assert names[-len(sc.segments) - 3 : -3] == [f"segment_{s}" for s in sc.segments]
+    pop = Population.create(sc, 300, np.random.default_rng(0))
+    cols = [names.index(f"segment_{s}") for s in sc.segments]
+    np.testing.assert_array_equal(pop.observe()[:, cols].argmax(axis=1), pop.segment)
+
+
+def test_groups_of_a_scenario_without_attributes_are_the_fixed_ones(
+    default_scenario: Scenario,
+) -> None:
+    sc = default_scenario.with_overrides({"attributes": {}, "segment_observed": True})
+    assert set(ObservationLayout.from_scenario(sc).columns) == set(FIXED_FEATURE_GROUPS)

@@ -146,6 +146,11 @@ def test_html_and_markdown_hold_every_number_of_the_json(report: dict[str, Any])
         assert not missing, sorted(missing)[:20]
 
 
+def test_latent_segments_are_said_not_tabulated(report: dict[str, Any]) -> None:
+    for text in (report["html"], report["markdown"]):
+        assert "By segment: none (segments are latent" in text
+
+
 def test_report_sections_come_in_order(report: dict[str, Any]) -> None:
     html = report["html"]
     order = [
@@ -202,6 +207,8 @@ def test_diagnostics_and_breakdowns(result: OpeResult) -> None:
     assert c.weights.zero_weight_share > 0  # the logger contacted some customers
     assert {g.group for g in c.by_stage} <= {*(n[6:] for n in SCENARIO_STAGES), "(none)"}
     assert sum(g.rows for g in c.by_segment) == CUSTOMERS * WEEKS
+    # segments are latent in the default scenario: the log cannot break values down by them
+    assert [g.group for g in c.by_segment] == ["(none)"]
     channels = {s.channel: s for s in c.by_channel}
     assert channels["no contact"].candidate == pytest.approx(1.0)
     assert sum(s.logger for s in c.by_channel) == pytest.approx(1.0)

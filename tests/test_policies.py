@@ -29,6 +29,7 @@ from simulator.core import Population, observation_feature_names
 from simulator.vector_env import CustomerLifecycleVectorEnv
 
 SCENARIO = load_scenario("default")
+N_FEATURES = len(observation_feature_names(SCENARIO))
 
 
 def _bandit(cls: type, seed: int | None, **kwargs: float) -> Policy:
@@ -163,7 +164,15 @@ def test_rules_fire_by_stage(batches) -> None:
         ({"rules": [Rule("new", "discount_99", ("email",))]}, r"rules\[0\]\.offer"),
         ({"rules": [Rule("new", "none", ("fax",))]}, r"rules\[0\]\.channels"),
         ({"rules": [Rule("new", "none", ())]}, r"rules\[0\]\.channels"),
-        ({"rules": [Rule("new", "none", ("email",), segment="vip")]}, r"rules\[0\]\.segment"),
+        ({"rules": [Rule("new", "none", ("email",), when=("vip",))]}, r"rules\[0\]\.when"),
+        (
+            {"rules": [Rule("new", "none", ("email",), when=("segment_loyalists",))]},
+            r"rules\[0\]\.when: \['segment_loyalists'\] are not flag or one-hot",
+        ),
+        (
+            {"rules": [Rule("new", "none", ("email",), when=("frequency",))]},
+            r"rules\[0\]\.when: \['frequency'\]",
+        ),
         ({"min_weeks_between_contacts": -1}, "min_weeks_between_contacts"),
     ],
 )
@@ -176,8 +185,8 @@ def test_rule_policy_rejects_bad_configuration(kwargs, match) -> None:
     ("obs_shape", "mask_shape", "mask_dtype", "match"),
     [
         ((5, 3), (5, 25), bool, "obs must have shape"),
-        ((5, 30), (4, 25), bool, "mask must have shape"),
-        ((5, 30), (5, 25), np.int8, "mask must be boolean"),
+        ((5, N_FEATURES), (4, 25), bool, "mask must have shape"),
+        ((5, N_FEATURES), (5, 25), np.int8, "mask must be boolean"),
     ],
 )
 def test_bad_batches_are_rejected(obs_shape, mask_shape, mask_dtype, match) -> None:
@@ -188,7 +197,7 @@ def test_bad_batches_are_rejected(obs_shape, mask_shape, mask_dtype, match) -> N
 
 
 def test_nan_observations_and_empty_mask_rows_are_rejected() -> None:
-    obs = np.zeros((2, 30), np.float32)
+    obs = np.zeros((2, N_FEATURES), np.float32)
     mask = np.ones((2, 25), dtype=bool)
     with pytest.raises(ValueError, match="obs must be finite"):
         RandomPolicy(SCENARIO).action_probabilities(np.where(obs == 0, np.nan, obs), mask)

@@ -64,6 +64,7 @@ from server.model import ServingModel, hash_uniforms
 from server.parsing import OUTSIDE_ROOT
 from server.state import HISTORY_DEPTH, ServingState, rollback_history
 from simulator.config import load_scenario
+from simulator.observation import observation_feature_names
 
 TOKEN = "s3cret-token"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -855,10 +856,11 @@ NAN, INF = math.nan, math.inf
 DENSE = r"^features\.dense\.values: "
 NAMED = r"^features\.named\.values: "
 BOTH_OR_NEITHER = "offer_id and channel must both be set"
+N_FEATURES = len(observation_feature_names(load_scenario("default")))
 BAD_REQUESTS = [
     # Decide: features
-    _case("Decide", lambda c: _dense(c, c.x[:-1]), DENSE + "expected 30 values", "short"),
-    _case("Decide", lambda c: _dense(c, [*c.x, 0.0]), DENSE + "expected 30 values", "long"),
+    _case("Decide", lambda c: _dense(c, c.x[:-1]), DENSE + f"expected {N_FEATURES} ", "short"),
+    _case("Decide", lambda c: _dense(c, [*c.x, 0.0]), DENSE + f"expected {N_FEATURES} ", "long"),
     _case("Decide", lambda c: _dense(c, _with(c, 3, NAN)), DENSE + r".* finite, got nan", "nan"),
     _case(
         "Decide",
@@ -976,18 +978,22 @@ BAD_REQUESTS = [
     ),
     # DecideBatch: matrix
     _case(
-        "DecideBatch", lambda c: _batch(c, n_features=29), r"^n_features: expected 30", "n-features"
+        "DecideBatch",
+        lambda c: _batch(c, n_features=N_FEATURES - 1),
+        rf"^n_features: expected {N_FEATURES}",
+        "n-features",
     ),
     _case(
         "DecideBatch",
         lambda c: _batch(c, n_features=0),
-        r"^n_features: expected 30",
+        rf"^n_features: expected {N_FEATURES}",
         "n-features-0",
     ),
     _case(
         "DecideBatch",
         lambda c: _batch(c, features=[*c.x, *c.x, 1.0]),
-        r"^features: expected 2 rows x 30 features = 60 values, got 61",
+        rf"^features: expected 2 rows x {N_FEATURES} features = {2 * N_FEATURES} values, "
+        rf"got {2 * N_FEATURES + 1}",
         "length",
     ),
     _case(

@@ -431,10 +431,11 @@ def _intervals(fit: ResponseFit) -> dict[str, list[float]]:
     }
 
 
-def response_fragment(fit: ResponseFit) -> str:
+def response_fragment(fit: ResponseFit, *, email_response: float | None = None) -> str:
     """A TOML ``[email_response]`` table for a scenario: the numbers of
     :func:`response_values`, their 95 % intervals in ``[email_response.interval95]`` and the
-    data set in ``[email_response.source]``."""
+    data set in ``[email_response.source]``; with ``email_response`` (a simulated fit of the
+    channel's response), also ``[channels.email] response``, the key a scenario reads."""
     table: dict[str, Any] = dict(response_values(fit))
     table["interval95"] = _intervals(fit)
     table["source"] = {
@@ -446,9 +447,14 @@ def response_fragment(fit: ResponseFit) -> str:
         "seed": fit.seed if fit.seed is not None else -1,
         "n_bootstrap": fit.n_bootstrap,
     }
-    return tomli_w.dumps({"email_response": table})
+    fragment: dict[str, Any] = {"email_response": table}
+    if email_response is not None:
+        fragment["channels"] = {"email": {"response": significant(email_response)}}
+    return tomli_w.dumps(fragment)
 
 
-def write_response_fragment(fit: ResponseFit, path: str | Path) -> None:
+def write_response_fragment(
+    fit: ResponseFit, path: str | Path, *, email_response: float | None = None
+) -> None:
     """Write :func:`response_fragment` to ``path``."""
-    Path(path).write_text(response_fragment(fit), encoding="utf-8")
+    Path(path).write_text(response_fragment(fit, email_response=email_response), encoding="utf-8")

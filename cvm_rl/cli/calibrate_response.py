@@ -5,9 +5,12 @@ email, a women's email or no email; the copy shipped with cvm-rl by default), pr
 two-week conversion and spend, each email's uplift over no email with 95 % intervals, how the
 uplift varies with recency, spend history, newness and category match (a logistic regression
 with treatment interactions), and the share of customers whom email hurts; ``--out`` writes an
-``[email_response]`` TOML fragment.
+``[email_response]`` TOML fragment. With ``--scenario``, it also runs the campaign in the
+simulator and fits the scenario's ``channels.email.response`` so that one plain email moves
+conversion as it did in the data (``--match absolute``: the arms' difference, or
+``relative``: their ratio), and adds ``[channels.email] response`` to the fragment.
 
-  cvm calibrate-response --out email_response.toml
+  cvm calibrate-response --scenario default --out email_response.toml
 """
 
 from __future__ import annotations
@@ -42,7 +45,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write a TOML [email_response] fragment",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the hurt share's bootstrap")
+    parser.add_argument(
+        "--scenario",
+        default=None,
+        metavar="NAME_OR_PATH",
+        help="also fit this scenario's channels.email.response by simulating the campaign",
+    )
+    parser.add_argument(
+        "--match",
+        choices=("absolute", "relative"),
+        default="absolute",
+        help="which conversion uplift the simulated campaign reproduces: the arms' difference "
+        "(extra buyers per email) or their ratio (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--customers",
+        type=positive_int,
+        default=200_000,
+        metavar="N",
+        help="simulated population for --scenario (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the hurt share's bootstrap and of the simulated campaign",
+    )
     parser.add_argument(
         "--n-bootstrap",
         type=positive_int,
@@ -61,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     """Load, fit, print the tables, optionally write the fragment."""
     from cvm_rl.calibration import CalibrationError
     from cvm_rl.calibration.response import (
+        ANY_EMAIL,
         CONTROL,
         fit_email_response,
         write_response_fragment,
@@ -76,9 +105,30 @@ def run(args: argparse.Namespace) -> int:
         fit = fit_email_response(data, seed=args.seed, n_bootstrap=args.n_bootstrap)
     except (DatasetError, CalibrationError, OSError) as exc:
         raise CliError(f"--data: {' '.join(str(exc).splitlines())}") from None
+    channel_fit = None
+    if args.scenario is not None:
+        from cvm_rl.calibration.email_experiment import (
+            EmailExperiment,
+            conversion_uplift,
+            fit_email_channel_response,
+        )
+        from simulator.config import ScenarioError, load_scenario
+
+        try:
+            scenario = load_scenario(args.scenario)
+        except ScenarioError as exc:
+            raise CliError(f"--scenario: {exc}") from None
+        target = conversion_uplift(fit.uplift(ANY_EMAIL), args.match).estimate
+        design = EmailExperiment(n_customers=args.customers, seed=args.seed)
+        try:
+            channel_fit = fit_email_channel_response(scenario, target, design, moment=args.match)
+        except CalibrationError as exc:
+            raise CliError(f"--scenario: {exc}") from None
     try:
         if args.out is not None:
-            write_response_fragment(fit, args.out)
+            write_response_fragment(
+                fit, args.out, email_response=None if channel_fit is None else channel_fit.response
+            )
     except OSError as exc:
         raise CliError(f"--out: {exc}") from None
 
@@ -124,6 +174,17 @@ def run(args: argparse.Namespace) -> int:
         f"hurt share: {verdict}; the data allow up to {100 * fit.hurt().high:.3g} % "
         f"({fit.n_bootstrap} parametric bootstrap draws, seed {fit.seed})"
     )
+    if channel_fit is not None:
+        sim = channel_fit.simulated
+        print(
+            f"scenario {args.scenario!r}: channels.email.response = {channel_fit.response:.4g} "
+            f"reproduces the {args.match} conversion uplift of one email "
+            f"({channel_fit.evaluations} simulated campaigns of {sim.n_population:,} customers, "
+            f"{sim.n_eligible:,} eligible): simulated conversion uplift "
+            f"{_interval(sim.uplift.conversion, 100, ' pp')}, relative "
+            f"{_interval(sim.uplift.relative_conversion, 100, ' %')}, spend relative "
+            f"{_interval(sim.uplift.relative_spend, 100, ' %')}"
+        )
     if args.out is not None:
         print(f"wrote {args.out}")
     return 0

@@ -15,7 +15,8 @@ For each candidate policy:
 * diagnostics (effective sample size, weight quantiles, support, the effective sample size of
   the cumulative weights week by week) with plain-language warnings, DM and DR values by
   lifecycle stage and segment (the observation's ``stage_*`` and ``segment_*`` one-hot
-  features), and the share of decisions per channel under the logger and the candidate.
+  features; none by segment where segments are latent), and the share of decisions per channel
+  under the logger and the candidate.
 
 When every logged row holds the logger's whole distribution, the logger itself is evaluated
 as one more candidate (:data:`~cvm_rl.ope.candidates.LOGGER_CHECK`): a self-check whose lift

@@ -29,6 +29,7 @@ from cvm_rl.ope.estimators import SINGLE_STEP_PRIMARY
 from cvm_rl.ope.formatting import format_interval, format_number
 from cvm_rl.ope.long_run import LONG_RUN_ESS_COLLAPSE
 from cvm_rl.ope.results import CandidateResult, Estimate, GroupValue, OpeResult
+from cvm_rl.ope.single_step_sums import NO_GROUP
 from cvm_rl.plots import DPI, error_bar_lengths, policy_colours
 
 HTML_FILE = "report.html"
@@ -272,8 +273,11 @@ def _candidate_section(result: OpeResult, c: CandidateResult) -> Section:
         "Value per decision by lifecycle stage (at decision time): the logger's mean reward, "
         "and the candidate's DM and DR values.",
         _groups_table(c.by_stage, "stage"),
-        "By segment:",
-        _groups_table(c.by_segment, "segment"),
+        *(
+            ["By segment:", _groups_table(c.by_segment, "segment")]
+            if any(g.group != NO_GROUP for g in c.by_segment)
+            else ["By segment: none (segments are latent: the log has no segment features)."]
+        ),
         "Share of decisions per channel: what the logger did, and what the candidate would "
         "do in the same situations.",
         Table(

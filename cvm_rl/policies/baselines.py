@@ -9,6 +9,7 @@ import numpy as np
 
 from cvm_rl.policies.base import Policy, check_number, one_hot
 from simulator.config import STAGES, Scenario
+from simulator.observation import observation_features
 
 
 class NoContactPolicy(Policy):
@@ -29,13 +30,14 @@ class RandomPolicy(Policy):
 
 @dataclass(frozen=True)
 class Rule:
-    """Send ``offer`` to customers in ``stage`` (optionally one segment, a minimum number of
-    repeat purchases) through the first eligible channel of ``channels``."""
+    """Send ``offer`` to customers in ``stage`` (optionally only those with every flag or
+    one-hot feature in ``when`` set, e.g. ``("acquisition_source_coupon_site",)``, and a
+    minimum number of repeat purchases) through the first eligible channel of ``channels``."""
 
     stage: str
     offer: str
     channels: tuple[str, ...]
-    segment: str | None = None
+    when: tuple[str, ...] = ()
     min_frequency: int = 0
 
 
@@ -68,6 +70,9 @@ class RuleBasedPolicy(Policy):
             raise ValueError(
                 f"min_weeks_between_contacts must be >= 0, got {min_weeks_between_contacts}"
             )
+        conditions = {
+            f.name for f in observation_features(scenario) if f.encoding in ("flag", "one-hot")
+        }
         for i, rule in enumerate(rules):
             where = f"rules[{i}]"
             if rule.stage not in STAGES:
@@ -82,10 +87,12 @@ class RuleBasedPolicy(Policy):
                     f"{where}.channels: unknown or empty {list(rule.channels)}; "
                     f"allowed {scenario.channel_names}"
                 )
-            if rule.segment is not None and rule.segment not in scenario.segments:
+            unknown = [name for name in rule.when if name not in conditions]
+            if unknown:
+                # Segments are latent unless the scenario observes them: then segment_* apply.
                 raise ValueError(
-                    f"{where}.segment: unknown segment {rule.segment!r}; "
-                    f"allowed {scenario.segment_names}"
+                    f"{where}.when: {unknown} are not flag or one-hot features of scenario "
+                    f"{scenario.name!r}; allowed {sorted(conditions)}"
                 )
         self.rules = tuple(rules)
         self.min_weeks_between_contacts = min_weeks_between_contacts
@@ -104,8 +111,8 @@ class RuleBasedPolicy(Policy):
         decided |= since < self.min_weeks_between_contacts
         for rule, candidates in zip(self.rules, self._rule_actions, strict=True):
             match = ~decided & (self.feature(obs, f"stage_{rule.stage}") > 0.5)
-            if rule.segment is not None:
-                match &= self.feature(obs, f"segment_{rule.segment}") > 0.5
+            for name in rule.when:
+                match &= self.feature(obs, name) > 0.5
             if rule.min_frequency:
                 match &= self.feature(obs, "frequency") >= rule.min_frequency
             for action in candidates:
