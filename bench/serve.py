@@ -9,7 +9,11 @@ and client never share an interpreter. Each configuration runs once with the SQL
 log on (a fresh file in a temporary directory) and once with ``--no-log``:
 
 1. ``Decide`` at concurrency 1 (``--workers 1`` only): latency over ``latency_calls`` blocking
-   calls after ``latency_warmup`` warm-up calls.
+   calls after ``latency_warmup`` warm-up calls; beside it, on the same channel, as many
+   ``grpc.health.v1.Health/Check`` calls, in alternating blocks of ``HEALTH_BLOCK`` calls
+   (so that both see the same state of a shared machine). The ratio of the two medians is the
+   serving cost of a decision against the cost of a gRPC round trip through the same server
+   (interceptors included); it is reported with logging on and off.
 2. ``Decide`` at concurrency ``concurrency``: ``grpc.aio`` tasks on one connection per server
    worker; decisions per second and per-call latency over ``seconds`` after ``warmup_s``.
 3. ``DecideBatch`` of ``batch_rows`` customers with ``batch_in_flight`` calls in flight, on
@@ -54,6 +58,7 @@ from typing import Any, Protocol
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2
 
 from bench.machine import machine_info
 from bench.policies import simulated_batch
@@ -66,13 +71,19 @@ from server.generated.cvm.v1 import decision_pb2 as pb
 from simulator.config import Scenario, load_scenario
 from simulator.core import observation_feature_names
 
-# The issue's floors.
-UNARY_P50_FLOOR_MS = 1.5
-BATCH_FLOOR_PER_S = 100_000.0
+# The issue's floors: unary Decide p50 at most this many times a health check's p50 in the same
+# run (logging on), and DecideBatch(256) decisions per second with logging on, workers 2.
+UNARY_HEALTH_RATIO_FLOOR = 1.4
+BATCH_FLOOR_PER_S = 200_000.0
+BATCH_FLOOR_WORKERS = 2
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["DecisionService"]
 DECIDE = f"/{_SERVICE.full_name}/Decide"
 DECIDE_BATCH = f"/{_SERVICE.full_name}/DecideBatch"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_REQUEST = health_pb2.HealthCheckRequest().SerializeToString()  # the whole server
+HEALTH_BLOCK = 100
+"""Unary Decide and health-check calls alternate in blocks of this many."""
 # Each channel gets its own TCP connection (channels with equal arguments share one otherwise).
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 # Requests are pre-built for this many times the warm-up's rate (a timed loop that runs out
@@ -136,7 +147,7 @@ def code_version() -> dict[str, Any]:
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
+        return done.stdout.rstrip() if done.returncode == 0 else ""
 
     changed = git("status", "--porcelain", "--", "server", "cvm_rl", "simulator")
     return {
@@ -278,16 +289,25 @@ class CpuMeter:
             machine_busy_seconds(),
         )
 
-    def cores(self) -> dict[str, float]:
+    def deltas(self) -> tuple[float, ...]:
+        """Wall, server, client and machine seconds since the start."""
         end = self._read()
-        wall, server, client, machine = (b - a for a, b in zip(self.start, end, strict=True))
-        return {
-            "server_cpu_s": server,
-            "server_cpu_cores": server / wall,
-            "client_cpu_cores": client / wall,
-            # Other jobs on a shared machine (clamped: the counters tick at different times).
-            "other_cpu_cores": max(0.0, (machine - server - client) / wall),
-        }
+        return tuple(b - a for a, b in zip(self.start, end, strict=True))
+
+    def cores(self) -> dict[str, float]:
+        return cpu_cores(self.deltas())
+
+
+def cpu_cores(deltas: Sequence[float]) -> dict[str, float]:
+    """:meth:`CpuMeter.cores` of summed :meth:`CpuMeter.deltas`."""
+    wall, server, client, machine = deltas
+    return {
+        "server_cpu_s": server,
+        "server_cpu_cores": server / wall,
+        "client_cpu_cores": client / wall,
+        # Other jobs on a shared machine (clamped: the counters tick at different times).
+        "other_cpu_cores": max(0.0, (machine - server - client) / wall),
+    }
 
 
 def server_connections(port: int, pids: Sequence[int]) -> dict[int, set[int]]:
@@ -356,30 +376,57 @@ def check_batch_response(raw: bytes, request: bytes, rows: int) -> None:
 
 
 def unary_latency(server: ServeProcess, requests: list[bytes], warmup: int) -> dict[str, Any]:
-    """Blocking Decide calls one after another; the first ``warmup`` are not timed."""
+    """Blocking Decide calls one after another, the first ``warmup`` not timed, and as many
+    health checks on the same channel, in alternating blocks of :data:`HEALTH_BLOCK` calls.
+
+    The Decide figures are those of the Decide blocks alone (latency, rate, CPU); the health
+    checks' are under ``health_*``, with ``p50_over_health_p50``."""
     with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
         call = channel.unary_unary(DECIDE, request_serializer=None, response_deserializer=None)
+        health = channel.unary_unary(
+            HEALTH_CHECK, request_serializer=None, response_deserializer=None
+        )
         for request in requests[:warmup]:
             call(request, timeout=10)
+            health(HEALTH_REQUEST, timeout=10)
         timed = requests[warmup:]
         times = np.empty(len(timed))
-        meter = CpuMeter(server.pids)
-        start = time.perf_counter()
-        for i, request in enumerate(timed):
-            t = time.perf_counter()
-            raw = call(request, timeout=10)
-            times[i] = time.perf_counter() - t
-        elapsed = time.perf_counter() - start
-        cpu = meter.cores()
+        health_times = np.empty(len(timed))
+        decide_cpu = np.zeros(4)
+        health_cpu = np.zeros(4)
+        for start in range(0, len(timed), HEALTH_BLOCK):
+            block = range(start, min(start + HEALTH_BLOCK, len(timed)))
+            meter = CpuMeter(server.pids)
+            for i in block:
+                t = time.perf_counter()
+                raw = call(timed[i], timeout=10)
+                times[i] = time.perf_counter() - t
+            decide_cpu += meter.deltas()
+            meter = CpuMeter(server.pids)
+            for i in block:
+                t = time.perf_counter()
+                answer = health(HEALTH_REQUEST, timeout=10)
+                health_times[i] = time.perf_counter() - t
+            health_cpu += meter.deltas()
         check_decide_response(raw, timed[-1])
+        status = health_pb2.HealthCheckResponse.FromString(answer).status
+        if status != health_pb2.HealthCheckResponse.SERVING:
+            raise RuntimeError(f"the health check answered {status}, not SERVING")
+    cpu = cpu_cores(decide_cpu.tolist())
+    decide = latency_summary(times)
+    checks = latency_summary(health_times)
     return {
         "calls": len(timed),
         "decisions": len(timed),
-        "seconds": elapsed,
-        "decisions_per_s": len(timed) / elapsed,
-        **latency_summary(times),
+        "seconds": decide_cpu[0],
+        "decisions_per_s": len(timed) / decide_cpu[0],
+        **decide,
         **cpu,
         "server_cpu_us_per_decision": cpu["server_cpu_s"] / len(timed) * 1e6,
+        "health_calls": len(timed),
+        **{f"health_{key}": value for key, value in checks.items()},
+        "health_server_cpu_us_per_call": health_cpu[1] / len(timed) * 1e6,
+        "p50_over_health_p50": decide["p50_ms"] / checks["p50_ms"],
     }
 
 
@@ -644,24 +691,55 @@ def logging_costs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def floors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's floors, checked on the logging-on runs (the batch floor is for 256 rows)."""
+    """The issue's floors, checked on the logging-on runs: unary Decide p50 against the health
+    checks of the same run, and DecideBatch of 256 rows with ``BATCH_FLOOR_WORKERS``."""
     results = []
     for r in rows:
         if r["logging"] != "on":
             continue
         if r["in_flight"] == 1:
-            name, value, limit = "Decide p50 ms", r["p50_ms"], UNARY_P50_FLOOR_MS
-            met = value <= limit
-        elif r["measurement"].startswith("DecideBatch(256)"):
-            name, value = f"{r['measurement']} decisions/s", r["decisions_per_s"]
-            limit = BATCH_FLOOR_PER_S
-            met = value >= limit
-        else:
-            continue
-        results.append(
-            {"floor": name, "workers": r["workers"], "value": value, "limit": limit, "met": met}
-        )
+            limit = UNARY_HEALTH_RATIO_FLOOR * r["health_p50_ms"]
+            results.append(
+                {
+                    "floor": "Decide p50 ms",
+                    "workers": r["workers"],
+                    "value": r["p50_ms"],
+                    "limit": limit,
+                    "health_p50_ms": r["health_p50_ms"],
+                    "ratio": r["p50_over_health_p50"],
+                    "ratio_limit": UNARY_HEALTH_RATIO_FLOOR,
+                    "met": r["p50_ms"] <= limit,
+                }
+            )
+        elif r["measurement"].startswith("DecideBatch(256)") and (
+            r["workers"] == BATCH_FLOOR_WORKERS
+        ):
+            value = r["decisions_per_s"]
+            results.append(
+                {
+                    "floor": f"{r['measurement']} decisions/s",
+                    "workers": r["workers"],
+                    "value": value,
+                    "limit": BATCH_FLOOR_PER_S,
+                    "met": value >= BATCH_FLOOR_PER_S,
+                }
+            )
     return results
+
+
+def unary_against_health(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Unary Decide p50 against the health checks beside it, per configuration."""
+    return [
+        {
+            "workers": r["workers"],
+            "logging": r["logging"],
+            "decide_p50_ms": r["p50_ms"],
+            "health_p50_ms": r["health_p50_ms"],
+            "p50_over_health_p50": r["p50_over_health_p50"],
+        }
+        for r in rows
+        if "health_p50_ms" in r
+    ]
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -682,16 +760,22 @@ def print_report(result: dict[str, Any]) -> None:
     )
     print(
         "| workers | log | measurement | in flight | decisions/s | all runs (k/s) | p50 ms "
-        "| p99 ms | mean ms | server CPU | client CPU | other CPU | calls |"
+        "| p99 ms | mean ms | health p50 ms | p50 / health p50 | server CPU | client CPU "
+        "| other CPU | calls |"
     )
-    print("|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in result["runs"]:
         print(
             f"| {r['workers']} | {r['logging']} | {r['measurement']} | {r['in_flight']} | "
             f"{r['decisions_per_s']:,.0f} | "
             + ", ".join(f"{x / 1000:.1f}" for x in r.get("decisions_per_s_runs", []))
-            + f" | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
-            f"{r['mean_ms']:.3f} | {r['server_cpu_cores']:.2f} | {r['client_cpu_cores']:.2f} | "
+            + f" | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} | "
+            + (
+                f"{r['health_p50_ms']:.3f} | {r['p50_over_health_p50']:.2f} | "
+                if "health_p50_ms" in r
+                else " |  | "
+            )
+            + f"{r['server_cpu_cores']:.2f} | {r['client_cpu_cores']:.2f} | "
             f"{r['other_cpu_cores']:.2f} | "
             f"{r['calls']:,} |"
         )
@@ -709,13 +793,25 @@ def print_report(result: dict[str, Any]) -> None:
             f"decision log, workers {log['workers']}: {log['decisions_logged']:,} rows for "
             f"{log['decisions_made']:,} decisions made: {verdict}"
         )
-    for f in result["floors"]:
-        latency = f["floor"].endswith("ms")
-        value = f"{f['value']:.3f}" if latency else f"{f['value']:,.0f}"
+    for u in result["unary_vs_health"]:
         print(
-            f"floor {f['floor']} {'<=' if latency else '>='} {f['limit']:,g} (logging on, "
-            f"workers {f['workers']}): {value} -> {'PASS' if f['met'] else 'FAIL'}"
+            f"unary Decide p50 / health check p50, workers {u['workers']}, logging "
+            f"{u['logging']}: {u['decide_p50_ms']:.3f} / {u['health_p50_ms']:.3f} ms = "
+            f"{u['p50_over_health_p50']:.2f}"
         )
+    for f in result["floors"]:
+        verdict = "PASS" if f["met"] else "FAIL"
+        if "ratio" in f:
+            print(
+                f"floor {f['floor']} <= {f['ratio_limit']:g} x health p50 "
+                f"({f['limit']:.3f}; logging on, workers {f['workers']}): {f['value']:.3f}, "
+                f"ratio {f['ratio']:.2f} -> {verdict}"
+            )
+        else:
+            print(
+                f"floor {f['floor']} >= {f['limit']:,g} (logging on, workers {f['workers']}): "
+                f"{f['value']:,.0f} -> {verdict}"
+            )
 
 
 def run(args: Args) -> dict[str, Any]:
@@ -751,6 +847,7 @@ def run(args: Args) -> dict[str, Any]:
         "runs": rows,
         "logging_cost": logging_costs(rows),
         "log_check": checks,
+        "unary_vs_health": unary_against_health(rows),
         "floors": floors(rows),
     }
 

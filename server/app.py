@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection_pb2 as reflection_pb
 
 from cvm_rl.bundle import BundleError, load_bundle
 from cvm_rl.logs.store import DecisionLog
+from server.blas import single_threaded_blas
 from server.config import ServerConfig
 from server.generated.cvm.v1 import decision_pb2 as pb
 from server.generated.cvm.v1 import decision_pb2_grpc as pb_grpc
@@ -197,6 +198,7 @@ async def serve(
     address: str, config: ServerConfig, *, ready: Callable[[int], None] | None = None
 ) -> None:
     """Run one serving process until SIGTERM or SIGINT, then shut down gracefully."""
+    single_threaded_blas()
     server, port = create_server(address, config)
     await server.start()
     model = server.state.current

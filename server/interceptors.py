@@ -158,9 +158,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         )
         requests = self.metrics.requests
         latency = self.metrics.latency.labels(method)
+        # The counter of each status code, looked up once (labels() takes a lock and builds
+        # a key on every call).
+        counters: dict[grpc.StatusCode, Any] = {}
 
         def observe(start: float, code: grpc.StatusCode) -> None:
-            requests.labels(method, code.name).inc()
+            counter = counters.get(code)
+            if counter is None:
+                counter = counters[code] = requests.labels(method, code.name)
+            counter.inc()
             latency.observe(time.perf_counter() - start)
 
         async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:

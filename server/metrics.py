@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -97,6 +98,7 @@ class ServerMetrics:
             multiprocess_mode="liveall",
         )
         self._model_labels: tuple[str, str, str, str] | None = None
+        self._decision_counters: dict[tuple[str, str], Any] = {}
 
     def set_model(
         self, model_id: str, model_version: str, exploration: str, learning_mode: str
@@ -113,9 +115,17 @@ class ServerMetrics:
 
     def count_decisions(self, source: str, explored: int, total: int) -> None:
         if explored:
-            self.decisions.labels(source, "true").inc(explored)
+            self._decisions(source, "true").inc(explored)
         if total - explored:
-            self.decisions.labels(source, "false").inc(total - explored)
+            self._decisions(source, "false").inc(total - explored)
+
+    def _decisions(self, source: str, explored: str) -> Any:
+        """The decisions counter of these labels, looked up once per pair."""
+        key = (source, explored)
+        counter = self._decision_counters.get(key)
+        if counter is None:
+            counter = self._decision_counters[key] = self.decisions.labels(source, explored)
+        return counter
 
     def text(self) -> str:
         """The exposition format, as a scrape would return it."""

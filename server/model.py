@@ -6,6 +6,7 @@ draws and propensities out. The service layer turns requests into these arrays a
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from cvm_rl.bundle import Bundle
 from cvm_rl.logs.schema import ExplorationMode
 from cvm_rl.logs.store import ModelRecord
-from cvm_rl.policies.base import argmax_probabilities, explored
+from cvm_rl.policies.base import TIE_RTOL, argmax_probabilities, explored
 from cvm_rl.policies.mlp import MLPPolicy
 from server.config import Exploration
 
@@ -139,6 +140,8 @@ class ServingModel:
     def decide(self, event_ids: list[str], features: np.ndarray, eligible: np.ndarray) -> Draws:
         """The policy's draw per row, its propensity, and whether it explored."""
         probs = self.probabilities(features, eligible, event_ids)
+        if len(event_ids) == 1:
+            return self._draw_one(event_ids[0], probs)
         cdf = np.cumsum(probs, axis=1)
         u = self.uniforms(event_ids) * cdf[:, -1]
         action = (cdf <= u[:, None]).sum(axis=1)
@@ -147,6 +150,25 @@ class ServingModel:
         action = np.minimum(action, last_possible)
         propensity = probs[np.arange(len(action)), action]
         return Draws(probs, action, propensity, explored(probs, action))
+
+    def _draw_one(self, event_id: str, probs: np.ndarray) -> Draws:
+        """:meth:`decide`'s draw for a single row, in Python floats: the same operations in
+        the same order (a cumulative sum is sequential in numpy too), so the same draw, at a
+        fraction of a dozen numpy calls' cost on a (1, A) array."""
+        row = probs[0].tolist()
+        cdf = list(itertools.accumulate(row))
+        u = _hash_scalar(self._salt + event_id.encode()) >> 11
+        threshold = float(u) * 2.0**-53 * cdf[-1]
+        action = sum(1 for c in cdf if c <= threshold)
+        last_possible = max((i for i, p in enumerate(row) if p > 0), default=len(row) - 1)
+        action = min(action, last_possible)
+        propensity = row[action]
+        return Draws(
+            probs,
+            np.array([action]),
+            np.array([propensity]),
+            np.array([propensity < max(row) * (1.0 - TIE_RTOL)]),
+        )
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

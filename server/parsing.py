@@ -240,8 +240,10 @@ def parse_batch(model: ServingModel, req: pb.DecideBatchRequest, max_rows: int) 
         raise invalid("customer_ids: at least one row is required (one customer id per row)")
     if n > max_rows:
         raise invalid(f"customer_ids: {n} rows exceed the batch limit of {max_rows}")
-    for i, cid in enumerate(req.customer_ids):
-        _customer_id(cid, f"customer_ids[{i}]")
+    customer_ids = list(req.customer_ids)
+    if not _all_within(customer_ids, MAX_CUSTOMER_ID_LENGTH):
+        for i, cid in enumerate(customer_ids):  # the first bad one, named
+            _customer_id(cid, f"customer_ids[{i}]")
     f = model.n_features
     if req.n_features != f:
         raise invalid(
@@ -275,7 +277,9 @@ def parse_batch(model: ServingModel, req: pb.DecideBatchRequest, max_rows: int) 
             raise invalid(
                 f"event_ids: expected 0 or {n} entries (one per row), got {len(req.event_ids)}"
             )
-        event_ids = [_event_id(e, f"event_ids[{i}]") for i, e in enumerate(req.event_ids)]
+        event_ids = list(req.event_ids)
+        if not _all_within(event_ids, MAX_EVENT_ID_LENGTH):  # empty ones get new ids
+            event_ids = [_event_id(e, f"event_ids[{i}]") for i, e in enumerate(event_ids)]
         if len(set(event_ids)) != n:
             first_seen: dict[str, int] = {}
             dup = next(e for i, e in enumerate(event_ids) if first_seen.setdefault(e, i) != i)
@@ -311,9 +315,13 @@ def parse_batch(model: ServingModel, req: pb.DecideBatchRequest, max_rows: int) 
         )
     else:
         baseline = np.full(n, -1)
-    return ParsedRows(
-        event_ids, list(req.customer_ids), features, mask, baseline, req.return_probabilities
-    )
+    return ParsedRows(event_ids, customer_ids, features, mask, baseline, req.return_probabilities)
+
+
+def _all_within(values: list[str], limit: int) -> bool:
+    """Whether every string is non-empty and at most ``limit`` characters long (one pass
+    each in C; the per-row checks run only to name a bad row)."""
+    return all(values) and max(map(len, values)) <= limit
 
 
 def parse_outcomes(outcomes: Sequence[pb.Outcome], field: str) -> list[OutcomeRecord]:

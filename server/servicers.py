@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 import numpy as np
@@ -146,14 +145,8 @@ class DecisionService(pb_grpc.DecisionServiceServicer):
             if replayed
             else model_ref(model)
         )
-        out = pb.DecideResponse(model=ref)
-
-        def set_decision(**fields: Any) -> pb.Decision:
-            out.decision.MergeFrom(pb.Decision(**fields))
-            return out.decision
-
-        served.fill_messages(set_decision, model, request.return_probabilities)
-        return out
+        decision = served.message(0, model, request.return_probabilities)
+        return pb.DecideResponse(model=ref, decision=decision)
 
     @rpc
     async def DecideBatch(

@@ -1,10 +1,12 @@
 """Writes to the decision log from the event loop without ever blocking it.
 
-A request queues what it stores and awaits; the first one schedules a flush for the next turn
-of the event loop, by which time concurrent requests have queued theirs. The flush runs on
-the loop thread (a SQLite commit of a few hundred rows takes well under a millisecond; a
-thread hop would cost more in GIL hand-offs than it saves), and every request is answered
-only after the transaction holding its rows has committed.
+A request queues what it stores and awaits. The first one (the leader) lets one turn of the
+event loop pass, by which time concurrent requests have queued theirs, then writes them all
+itself; the others wait for it. The flush runs on the loop thread (a SQLite commit of a few
+hundred rows takes well under a millisecond; a thread hop would cost more in GIL hand-offs
+than it saves), and every request is answered only after the transaction holding its rows
+has committed. (The leader writing, instead of a callback scheduled for the next turn, saves
+the lone request of a quiet server one more turn of the loop to be woken up.)
 
 When another process (another worker on the same log) holds the write lock, the flush does
 not sleep in SQLite's busy handler, which would stall every call of this process: it leaves
@@ -46,6 +48,7 @@ class LogWriter:
         self._decisions: _Queue[DecisionBatch, dict[str, StoredDecision]] = deque()
         self._outcomes: _Queue[list[OutcomeRecord], tuple[int, int]] = deque()
         self._flush_handle: asyncio.Handle | None = None
+        self._leading = False  # a request is letting the loop turn before it writes
 
     async def insert(self, batch: DecisionBatch) -> dict[str, StoredDecision]:
         """Store ``batch``; returns the stored decisions of replayed ids (see
@@ -58,12 +61,19 @@ class LogWriter:
         return await self._queue(self._outcomes, outcomes)
 
     async def _queue(self, queue: _Queue[_Item, _Result], item: _Item) -> _Result:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[_Result] = loop.create_future()
+        future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
         queue.append((item, future))
-        if self._flush_handle is None:
-            self._flush_handle = loop.call_soon(self._flush)
-        return await future
+        if self._flush_handle is None and not self._leading:
+            # Lead: one turn of the loop for concurrent requests to queue, then write all.
+            self._leading = True
+            try:
+                await asyncio.sleep(0)
+            finally:
+                # Cancelled or not: the others wait for this write (and a cancelled caller's
+                # rows are stored all the same, as they would be by a scheduled flush).
+                self._leading = False
+                self._flush()
+        return await future  # settled by now unless the log was busy (a retry is scheduled)
 
     def _flush(self) -> None:
         self._flush_handle = None

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cvm_rl.logs.reader import LogReader, read_schema_version, version_error
 from cvm_rl.logs.records import (
@@ -125,6 +125,9 @@ class DecisionLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._busy_timeout_ms = int(busy_timeout_ms)
+        # The connection's busy timeout now: 0 after a write that must not wait (set back
+        # lazily, before the next statement that may wait: two fewer statements per write).
+        self._busy_now_ms = self._busy_timeout_ms
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.DatabaseError as exc:
@@ -170,21 +173,33 @@ class DecisionLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _busy_timeout(self, ms: int) -> None:
+        """Set the connection's busy timeout unless it is set already (``self._lock`` held)."""
+        if self._busy_now_ms != ms:
+            self._db.execute(f"PRAGMA busy_timeout = {int(ms)}")
+            self._busy_now_ms = ms
+
+    def _waiting(self) -> None:
+        """Before statements that wait out another writer: the configured busy timeout."""
+        self._busy_timeout(self._busy_timeout_ms)
+
     def _transaction(self) -> _Transaction:
+        self._waiting()
         return _Transaction(self._db)
 
     def _write_transaction(self, wait: bool) -> _Transaction:
         """A write transaction; ``wait=False`` begins it at once or raises :class:`LogBusy`
-        instead of sleeping in SQLite's busy handler. Call with ``self._lock`` held."""
+        instead of sleeping in SQLite's busy handler. Call with ``self._lock`` held.
+
+        Once BEGIN IMMEDIATE holds the write lock, the statements of the transaction take
+        no other lock that SQLite waits for (WAL), so the timeout stays 0 through them."""
         if wait:
             return self._transaction()
-        self._db.execute("PRAGMA busy_timeout = 0")
+        self._busy_timeout(0)
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise LogBusy(str(exc)) from None
-        finally:
-            self._db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         return _Transaction(self._db, begun=True)
 
     def _prepare_schema(self) -> None:
@@ -212,6 +227,7 @@ class DecisionLog:
     # ------------------------------------------------------------------ models
     def models(self) -> dict[str, ModelRecord]:
         with self._lock:
+            self._waiting()
             return self._reader.models()
 
     def activate(
@@ -264,11 +280,13 @@ class DecisionLog:
     def activations(self) -> list[Activation]:
         """Every activation, oldest first."""
         with self._lock:
+            self._waiting()
             return self._reader.activations()
 
     def latest_activation(self) -> int:
         """Sequence number of the newest activation (0 when there is none); cheap to poll."""
         with self._lock:
+            self._waiting()
             row = self._db.execute("SELECT max(seq) FROM activations").fetchone()
         return int(row[0] or 0)
 
@@ -299,11 +317,14 @@ class DecisionLog:
         for batch in batches:
             batch.check()
         ids = [e for batch in batches for e in batch.event_ids]
+        # The rows are built before the write lock is taken: another serving process waits
+        # for SQLite's own work only.
+        prepared = [(batch.request_row(), batch.flat_rows(0)) for batch in batches]
         with self._lock:
             tx = self._write_transaction(wait)
             if len(set(ids)) == len(ids):
                 with tx:
-                    inserted = sum(self._insert(batch, None) for batch in batches)
+                    inserted = sum(self._insert_rows(row, flat) for row, flat in prepared)
                     if inserted == len(ids):
                         return [{} for _ in batches]
                     tx.rollback()
@@ -331,28 +352,46 @@ class DecisionLog:
                 self._insert(batch, fresh)
         return stored
 
-    def _insert(self, batch: DecisionBatch, indices: Sequence[int] | None) -> int:
-        """Insert the batch's request and (the ``indices`` of) its decisions with OR IGNORE;
+    def _insert(self, batch: DecisionBatch, indices: Sequence[int]) -> int:
+        """Insert the batch's request and the ``indices`` of its decisions with OR IGNORE;
         returns how many decisions were inserted."""
         request = self._db.execute(_INSERT_REQUEST, batch.request_row()).lastrowid
         assert request is not None
-        rows = batch.rows(request, indices)
+        flat = batch.rows(request, indices).ravel().tolist()
+        return self._insert_decisions(flat)
+
+    def _insert_rows(self, request_row: tuple[Any, ...], flat: list[Any]) -> int:
+        """Insert a request and all its decisions (:meth:`DecisionBatch.flat_rows`, whose
+        ``request`` column is set here) with OR IGNORE; returns how many were inserted."""
+        request = self._db.execute(_INSERT_REQUEST, request_row).lastrowid
+        assert request is not None
+        width = len(DECISION_COLUMNS)
+        flat[3::width] = [request] * (len(flat) // width)
+        return self._insert_decisions(flat)
+
+    def _insert_decisions(self, flat: list[Any]) -> int:
+        """Insert ``decisions`` rows given as one flat list, :data:`_INSERT_CHUNK` rows per
+        statement; returns how many were inserted (OR IGNORE skips stored event ids)."""
+        width = len(DECISION_COLUMNS)
+        n = len(flat) // width
         inserted = 0
-        for start in range(0, len(rows), _INSERT_CHUNK):
-            chunk = rows[start : start + _INSERT_CHUNK]
-            sql = _insert_decisions_sql(len(chunk))
-            inserted += self._db.execute(sql, chunk.ravel().tolist()).rowcount
+        for start in range(0, n, _INSERT_CHUNK):
+            stop = min(start + _INSERT_CHUNK, n)
+            params = flat if stop - start == n else flat[start * width : stop * width]
+            inserted += self._db.execute(_insert_decisions_sql(stop - start), params).rowcount
         return inserted
 
     def get_decisions(self, event_ids: Sequence[str]) -> dict[str, StoredDecision]:
         """Stored decisions by event id (ids never decided are absent)."""
         with self._lock:
+            self._waiting()
             return self._reader.decisions(list(event_ids))
 
     def count(self, table: Literal["decisions", "outcomes"] = "decisions") -> int:
         if table not in ("decisions", "outcomes"):
             raise ValueError(f"table must be 'decisions' or 'outcomes', got {table!r}")
         with self._lock:
+            self._waiting()
             return int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     # ------------------------------------------------------------------ outcomes
@@ -409,6 +448,7 @@ class DecisionLog:
     def get_outcomes(self, event_ids: Sequence[str]) -> dict[str, OutcomeRecord]:
         """Stored outcomes by event id (ids without one are absent)."""
         with self._lock:
+            self._waiting()
             return self._reader.outcomes(list(event_ids))
 
     # ------------------------------------------------------------------ exports

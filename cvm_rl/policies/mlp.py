@@ -112,12 +112,18 @@ class MLPPolicy(Policy):
         obs = self.check_obs(obs, np.float64)
         # float64: float32 BLAS kernels sum in an order that depends on the row's position in
         # the batch, so one customer's propensity would change with the batch it came in.
-        h = self.transform.scaled(obs).astype(np.float64)
+        h = self.transform.scaled(obs).astype(np.float64, copy=False)
         last = len(self._weights64) - 1
+        tanh = self.activation == "tanh"
         for i, (w, b) in enumerate(zip(self._weights64, self._biases64, strict=True)):
-            h = h @ w + b
+            # In place on each layer's new product: the same values, fewer temporaries.
+            h = h @ w
+            h += b
             if i < last:
-                h = np.tanh(h) if self.activation == "tanh" else np.maximum(h, 0.0)
+                if tanh:
+                    np.tanh(h, out=h)
+                else:
+                    np.maximum(h, 0.0, out=h)
         return h
 
     def probabilities_from_scores(self, scores: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,225 @@
+"""The serving hot paths give what the general code they shortcut gives: the flat decision
+rows, the single-row draw, the leader's group commit, the lazily restored busy timeout and the
+BLAS thread setting."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cvm_rl.logs.store import DecisionBatch, DecisionLog, ModelRecord, StoredDecision
+from cvm_rl.policies.base import explored
+from server import blas
+from server.model import ServingModel, hash_uniforms
+from server.writer import LogWriter
+
+N_FEATURES, N_ACTIONS = 3, 5
+MODEL = ModelRecord("m-1", "1", "random", "/b", ["f0", "f1", "f2"], [f"a{i}" for i in range(5)])
+
+
+def batch(event_ids: list[str], seed: int = 0, *, baseline: bool = True) -> DecisionBatch:
+    rng = np.random.default_rng(seed)
+    n = len(event_ids)
+    eligible = rng.random((n, N_ACTIONS)) < 0.6
+    eligible[:, 0] = True
+    probs = eligible / eligible.sum(axis=1, keepdims=True)
+    actions = np.array([rng.choice(np.flatnonzero(row)) for row in eligible])
+    propensity = probs[np.arange(n), actions]
+    return DecisionBatch(
+        event_ids=list(event_ids),
+        customer_ids=[f"c-{e}" for e in event_ids],
+        decided_at_us=rng.integers(1_700_000_000_000_000, 1_800_000_000_000_000, n),
+        activation=1,
+        action_index=actions,
+        propensity=propensity,
+        policy_action_index=actions.copy(),
+        policy_propensity=propensity.copy(),
+        baseline_action_index=(
+            np.where(rng.random(n) < 0.5, -1, rng.integers(0, N_ACTIONS, n))
+            if baseline
+            else np.full(n, -1)
+        ),
+        explored=actions != probs.argmax(axis=1),
+        features=rng.normal(size=(n, N_FEATURES)).astype(np.float32),
+        eligible=eligible,
+        probabilities=probs,
+    )
+
+
+@pytest.mark.parametrize("n", [1, 2, 129, 300])
+@pytest.mark.parametrize("baseline", [True, False])
+def test_flat_rows_are_the_rows_flattened(n: int, baseline: bool) -> None:
+    b = batch([f"e{i}" for i in range(n)], seed=n, baseline=baseline)
+    b.check()
+    flat = b.flat_rows(7)
+    expected = b.rows(7).ravel().tolist()
+    assert flat == expected
+    assert [type(x) for x in flat] == [type(x) for x in expected]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("propensity", np.array([np.nan]), "propensity must be in"),
+        ("propensity", np.array([0.0]), "propensity must be in"),
+        ("policy_propensity", np.array([1.5]), "policy_propensity must be in"),
+        ("action_index", np.array([-1]), "action_index must be in"),
+        ("policy_action_index", np.array([N_ACTIONS]), "policy_action_index must be in"),
+        ("explored", np.array([True, False]), r"explored must have shape \(1,\)"),
+    ],
+)
+def test_check_refuses_what_it_refused(field: str, value: np.ndarray, match: str) -> None:
+    b = batch(["e"])
+    setattr(b, field, value)
+    with pytest.raises(ValueError, match=match):
+        b.check()
+
+
+def test_check_takes_lists_as_arrays() -> None:
+    b = batch(["e0", "e1"])
+    b.propensity = b.propensity.tolist()
+    b.check()
+    assert isinstance(b.propensity, np.ndarray)
+
+
+def _vector_draw(salt: bytes, event_id: str, probs: np.ndarray) -> tuple[int, float, bool]:
+    """ServingModel.decide's vectorized draw, for one row."""
+    cdf = np.cumsum(probs, axis=1)
+    u = hash_uniforms(salt, [event_id]) * cdf[:, -1]
+    action = (cdf <= u[:, None]).sum(axis=1)
+    last = probs.shape[1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)
+    action = np.minimum(action, last)
+    propensity = probs[np.arange(1), action]
+    return int(action[0]), float(propensity[0]), bool(explored(probs, action)[0])
+
+
+def test_the_single_row_draw_is_the_vectorized_one() -> None:
+    model = ServingModel.__new__(ServingModel)  # the draw needs the salt only
+    model._salt = b"version\0"
+    rng = np.random.default_rng(3)
+    for k in range(3000):
+        a = int(rng.integers(1, 30))
+        p = rng.dirichlet(np.ones(a) * rng.uniform(0.02, 3.0))
+        p[rng.random(a) < 0.3] = 0.0
+        if k % 5 == 0:
+            p = np.eye(a)[rng.integers(a)]
+        elif k % 7 == 0:
+            p = np.full(a, 1.0 / a)
+        if p.sum() == 0:
+            continue
+        probs = (p / p.sum())[None, :]
+        event_id = f"event-{k}"
+        draw = model._draw_one(event_id, probs)
+        got = (int(draw.action[0]), float(draw.propensity[0]), bool(draw.explored[0]))
+        assert got == _vector_draw(model._salt, event_id, probs), k
+        assert draw.action.dtype == np.int64 and draw.explored.dtype == bool
+
+
+class CountingLog(DecisionLog):
+    """A log that counts its group commits."""
+
+    commits = 0
+
+    def insert_decision_batches(self, batches, *, wait=True):
+        CountingLog.commits += 1
+        return super().insert_decision_batches(batches, wait=wait)
+
+
+def test_concurrent_inserts_share_the_leaders_commit(tmp_path: Path) -> None:
+    async def main() -> list[dict[str, StoredDecision]]:
+        with CountingLog(tmp_path / "log.db") as log:
+            log.activate(
+                MODEL, learning_mode="online", exploration="policy", exploration_param=0.0,
+                reason="start",
+            )  # fmt: skip
+            writer = LogWriter(log)
+            CountingLog.commits = 0
+            results = await asyncio.gather(
+                *(writer.insert(batch([f"e{i}"], seed=i)) for i in range(10))
+            )
+            assert CountingLog.commits == 1
+            assert log.count() == 10
+            # Alone, a request writes without waiting for anyone.
+            assert await writer.insert(batch(["alone"])) == {}
+            assert CountingLog.commits == 2
+            return results
+
+    assert asyncio.run(main()) == [{}] * 10
+
+
+def test_a_cancelled_leader_still_writes_the_others(tmp_path: Path) -> None:
+    async def main() -> None:
+        with DecisionLog(tmp_path / "log.db") as log:
+            log.activate(
+                MODEL, learning_mode="online", exploration="policy", exploration_param=0.0,
+                reason="start",
+            )  # fmt: skip
+            writer = LogWriter(log)
+            leader = asyncio.ensure_future(writer.insert(batch(["lead"])))
+            await asyncio.sleep(0)  # the leader is letting the loop turn
+            follower = asyncio.ensure_future(writer.insert(batch(["follow"], seed=1)))
+            leader.cancel()
+            assert await follower == {}
+            with pytest.raises(asyncio.CancelledError):
+                await leader
+            # The cancelled caller's rows are stored all the same (as before).
+            assert log.count() == 2
+
+    asyncio.run(main())
+
+
+def test_the_busy_timeout_is_back_before_anything_that_waits(tmp_path: Path) -> None:
+    with DecisionLog(tmp_path / "log.db", busy_timeout_ms=1234) as log:
+        log.activate(
+            MODEL, learning_mode="online", exploration="policy", exploration_param=0.0,
+            reason="start",
+        )  # fmt: skip
+
+        def timeout() -> int:
+            return int(log._db.execute("PRAGMA busy_timeout").fetchone()[0])
+
+        assert log.insert_decision_batches([batch(["a"])], wait=False) == [{}]
+        assert timeout() == 0  # left at 0 for the next write that must not wait
+        for read in (log.count, log.models, log.activations, log.latest_activation):
+            assert log.insert_decision_batches([batch([f"r{read.__name__}"])], wait=False)
+            read()
+            assert timeout() == 1234, read.__name__
+        # A replay (its own waiting transaction) after a write that did not wait.
+        [replayed] = log.insert_decision_batches([batch(["a"])], wait=False)
+        assert isinstance(replayed, dict) and list(replayed) == ["a"]
+        assert timeout() == 1234
+        # Another connection holding the write lock: refused at once, then waited out.
+        other = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        from cvm_rl.logs.store import LogBusy
+
+        with pytest.raises(LogBusy):
+            log.insert_decision_batches([batch(["b"])], wait=False)
+        other.execute("COMMIT")
+        other.close()
+        assert log.insert_decision_batches([batch(["b"])], wait=False) == [{}]
+
+
+def test_one_blas_thread_gives_the_same_products() -> None:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, w = rng.normal(size=(512, 64)), rng.normal(size=(64, 64))
+    before = a @ w
+    with threadpool_limits(limits=None):  # put the test process's limits back afterwards
+        assert blas.single_threaded_blas() >= 1
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}
+        np.testing.assert_array_equal(a @ w, before)
+
+
+def test_accumulate_is_numpys_cumulative_sum() -> None:
+    # The single-row draw relies on it: numpy's cumsum adds in order, as Python does.
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        p = rng.dirichlet(np.ones(int(rng.integers(1, 40))))
+        assert np.cumsum(p[None, :], axis=1)[0].tolist() == list(itertools.accumulate(p))
