@@ -162,6 +162,16 @@ class Channel(_Strict):
     """Frequency cap: contacts on this channel within ``constraints.cap_window_weeks``."""
 
 
+class ContactResponse(_Strict):
+    """How a contact's uplift varies with what the customer's history shows."""
+
+    new_customer_weeks: Annotated[int, Field(ge=0, le=520)] = 52
+    """A customer whose first purchase was fewer weeks ago than this is "new" (Hillstrom's
+    "newbie": a first purchase in the last twelve months)."""
+    new_customer_multiplier: Positive = 1.0
+    """Multiplier of every contact's uplift for new customers (others: 1.0)."""
+
+
 class Constraints(_Strict):
     cap_window_weeks: Annotated[int, Field(ge=1, le=52)] = 4
     max_contacts_per_window: Annotated[int, Field(ge=0)] = 3
@@ -196,6 +206,7 @@ class Scenario(_Strict):
     channels: dict[str, Channel]
     constraints: Constraints = Constraints()
     acquisition: Acquisition = Acquisition()
+    contact_response: ContactResponse = ContactResponse()
     attributes: dict[str, Attribute] = Field(default_factory=dict)
     """Observable attributes that hint at the latent segment (see :class:`Attribute`)."""
     segment_observed: bool = False

@@ -410,6 +410,15 @@ class Population:
         """0-based calendar week of the current step."""
         return (self.scenario.start_week - 1 + self.week) % 52
 
+    def uplift_multiplier(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Multiplier of a contact's uplift from the customer's observable history: new
+        customers (first purchase fewer than ``contact_response.new_customer_weeks`` ago)
+        respond ``new_customer_multiplier`` times as strongly (for ``rows`` when given)."""
+        response = self.scenario.contact_response
+        which: np.ndarray | slice = slice(None) if rows is None else rows
+        new = self.purchased_ever[which] & (self.tenure[which] < response.new_customer_weeks)
+        return np.where(new, response.new_customer_multiplier, 1.0)
+
     def action_mask(self) -> np.ndarray:
         """(N, A) bool: no contact is always allowed; a contact needs the customer present,
         opted in, and under the channel's and the overall frequency caps."""
@@ -515,6 +524,7 @@ class Population:
             tb.action_base_lift[executed]
             * tb.segment_sensitivity[seg]
             * tb.segment_affinity[seg, ch_safe]
+            * self.uplift_multiplier()
             * np.exp(-tb.channel_fatigue_sens[ch_safe] * fat_before)
         )
         lift[~contacted] = 0.0

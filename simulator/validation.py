@@ -13,7 +13,8 @@ from simulator.core import Population
 
 def calibration_scenario(purchase: PurchaseModel, horizon_weeks: int) -> Scenario:
     """The default scenario reduced to its purchase model: one neutral segment (and no
-    attributes hinting at segments), no seasonality, no acquisition mix. This is the model a calibration fits."""
+    attributes hinting at segments), no seasonality, no acquisition mix. This is the model a
+    calibration fits."""
     base = load_scenario("default")
     return base.model_copy(
         update={

@@ -697,3 +697,24 @@ def test_stage_matches_reimplementation(default_scenario: Scenario) -> None:
             after[:, ten_col], np.where(first, 1, obs[:, ten_col] + present)
         )
     assert (seen > 0).all(), dict(zip(STAGES, seen, strict=True))
+
+
+def test_new_customers_respond_by_the_new_customer_multiplier(default_scenario: Scenario) -> None:
+    """Only customers whose first purchase is recent get the multiplier; with common random
+    numbers the others' outcomes are unchanged and the new ones buy at least as much."""
+    plain = default_scenario.with_overrides({"contact_response.new_customer_multiplier": 1.0})
+    strong = default_scenario.with_overrides({"contact_response.new_customer_multiplier": 5.0})
+    a = Population.create(plain, 20_000, np.random.default_rng(11))
+    b = Population.create(strong, 20_000, np.random.default_rng(11))
+    weeks = strong.contact_response.new_customer_weeks
+    new = a.purchased_ever & (a.tenure < weeks)
+    assert 0.05 < new.mean() < 0.5
+    np.testing.assert_array_equal(b.uplift_multiplier(), np.where(new, 5.0, 1.0))
+    np.testing.assert_array_equal(a.uplift_multiplier(), 1.0)
+    email = _action(plain, "discount_10", "email")
+    actions = np.where(a.action_mask()[:, email], email, 0)
+    out_a, out_b = a.step(actions), b.step(actions)
+    contacted_new = new & (actions > 0)
+    np.testing.assert_array_equal(out_a.purchases[~new], out_b.purchases[~new])
+    assert (out_b.purchases[contacted_new] >= out_a.purchases[contacted_new]).all()
+    assert out_b.purchases[contacted_new].sum() > 1.2 * out_a.purchases[contacted_new].sum()

@@ -83,11 +83,19 @@ def test_fit_on_shipped_data_matches_arm_means(shipped_fit: ResponseFit) -> None
 
 
 def _synthetic(
-    n: int, seed: int, *, base: float, uplift: float, recency_slope: float
+    n: int,
+    seed: int,
+    *,
+    base: float,
+    uplift: float,
+    recency_slope: float,
+    newbie_rate_ratio: float | None = None,
 ) -> tuple[HillstromData, float, float]:
     """Hillstrom-shaped data with a planted email effect on the log-odds: ``uplift`` at the
-    mean recency, changing by ``recency_slope`` per month; nothing else matters. Returns the
-    data, the mean recency and the true average conversion uplift of email on this sample."""
+    mean recency, changing by ``recency_slope`` per month; nothing else matters. With
+    ``newbie_rate_ratio``, email multiplies conversion by (1 + ``uplift``) for the others and
+    by (1 + ``newbie_rate_ratio`` x ``uplift``) for newbies instead. Returns the data, the
+    mean recency and the true average conversion uplift of email on this sample."""
     rng = np.random.default_rng(seed)
     recency = rng.integers(1, 13, n)
     history = np.round(rng.lognormal(5.0, 0.8, n) + 29.99, 2)
@@ -99,6 +107,8 @@ def _synthetic(
     treatment = uplift + recency_slope * centred
     p0 = np.full(n, base)
     p1 = expit(logit(base) + treatment)
+    if newbie_rate_ratio is not None:
+        p1 = base * (1.0 + uplift * np.where(newbie, newbie_rate_ratio, 1.0))
     p = np.where(arm > 0, p1, p0)
     conversion = rng.random(n) < p
     spend = np.where(conversion, np.round(rng.gamma(2.0, 60.0, n), 2), 0.0)
@@ -120,6 +130,18 @@ def _synthetic(
         sha256="",
     )
     return data, float(recency.mean()), float(np.mean(p1 - p0))
+
+
+def test_the_newbie_ratio_recovers_a_planted_one() -> None:
+    data, _, _ = _synthetic(
+        400_000, seed=8, base=0.01, uplift=0.4, recency_slope=0.0, newbie_rate_ratio=3.0
+    )
+    fit = fit_email_response(data, seed=2, n_bootstrap=200)
+    ratio = fit.newbie_uplift_ratio
+    assert ratio.low < 3.0 < ratio.high
+    assert ratio.low > 1.5  # the data tell newbies apart from the others
+    assert fit.newbie_uplift.relative_conversion.estimate == pytest.approx(1.2, abs=0.25)
+    assert fit.established_uplift.relative_conversion.estimate == pytest.approx(0.4, abs=0.12)
 
 
 def test_fit_recovers_a_planted_effect() -> None:

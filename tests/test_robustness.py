@@ -33,7 +33,7 @@ def experiment() -> ModuleType:
 
 def test_every_lever_end_is_a_valid_world_that_moves_its_lever(experiment: ModuleType) -> None:
     levers = experiment.levers(SCENARIO)
-    assert len(levers) == 11
+    assert len(levers) == 12
     worlds = experiment.worlds(SCENARIO)
     assert worlds["default"] is SCENARIO
     for lever in levers:
@@ -44,8 +44,10 @@ def test_every_lever_end_is_a_valid_world_that_moves_its_lever(experiment: Modul
                 assert world.model_dump() != SCENARIO.model_dump(), label
             shares = [segment.share for segment in world.segments.values()]
             assert sum(shares) == pytest.approx(1.0)
-    email = worlds["email response: 17.2 (relative match)"].channels["email"]
-    assert email.response == pytest.approx(17.2)
+    channels = worlds["contact response: email 6.52 (relative match)"].channels
+    assert channels["email"].response == pytest.approx(6.52)
+    ratio = SCENARIO.channels["sms"].response / SCENARIO.channels["email"].response
+    assert channels["sms"].response == pytest.approx(6.52 * ratio)
     dogs = worlds["sleeping-dog share: 20 %"].segments
     assert dogs["sleeping_dogs"].share == pytest.approx(0.20)
     assert dogs["mainstream"].share == pytest.approx(SCENARIO.segments["mainstream"].share - 0.1)
@@ -68,7 +70,7 @@ def test_the_study_runs_end_to_end_at_a_tiny_size(experiment: ModuleType, tmp_pa
     )
     payload = experiment.run(args)
     worlds = payload["worlds"]
-    assert len(worlds) == 1 + 21  # the default, and both ends of every lever but one
+    assert len(worlds) == 1 + 23  # the default, and both ends of every lever but one
     markdown = (tmp_path / f"{args.run_name}.md").read_text()
     for world in worlds:
         assert f"| {world} |" in markdown  # one row per world in the lift and rank tables

@@ -9,8 +9,9 @@ contact. Conversion (any purchase) and spend per customer are compared per arm.
 The two businesses differ: a music retailer's recent buyers (CDNOW-calibrated) buy about ten
 times as often in two weeks as Hillstrom's apparel customers, so the data's effect of one email
 cannot carry over both as an absolute and as a relative uplift. :func:`fit_email_channel_response`
-finds the email channel's ``response`` (the multiplier of every offer's uplift by email) at
-which the simulated experiment reproduces one of them: the ``absolute`` conversion uplift (the
+finds the email channel's ``response`` (the multiplier of every offer's uplift by email; every
+other channel's is scaled with it, so how channels compare stays an assumption of the scenario)
+at which the simulated experiment reproduces one of them: the ``absolute`` conversion uplift (the
 arms' difference: extra buyers per email sent, the default) or the ``relative`` one (the
 arms' ratio). It is a one-parameter simulated-moments fit: Brent's root finder over a fixed
 population, whose per-customer random streams keep every draw common across candidate values,
@@ -34,6 +35,8 @@ from simulator.config import Scenario
 from simulator.observation import observation_feature_names
 
 EMAIL_ACTION = "none@email"
+NEWBIE_WEEKS = 52
+"""Hillstrom's "newbie": a first purchase within the last twelve months."""
 ASSIGNMENT_STREAM = 0x6A11  # tags the assignment's seed sequence apart from the population's
 
 
@@ -58,6 +61,10 @@ class SimulatedExperiment:
     uplift: ArmUplift
     email_refused: int
     """Customers randomized to email whose email the environment did not send."""
+    new_customer_uplift: ArmUplift
+    """Among customers whose first purchase is less than a year old (Hillstrom's newbies)."""
+    established_uplift: ArmUplift
+    """Among the others."""
 
 
 def simulate_email_experiment(scenario: Scenario, design: EmailExperiment) -> SimulatedExperiment:
@@ -75,6 +82,7 @@ def simulate_email_experiment(scenario: Scenario, design: EmailExperiment) -> Si
     state: dict[str, np.ndarray] = {}
     features = observation_feature_names(scenario)
     recency_col, prospect_col = features.index("recency_weeks"), features.index("stage_prospect")
+    tenure_col = features.index("tenure_weeks")
 
     def decide(obs: np.ndarray, mask: np.ndarray, week: int) -> Decisions:
         n = len(obs)
@@ -84,6 +92,7 @@ def simulate_email_experiment(scenario: Scenario, design: EmailExperiment) -> Si
             eligible = bought & mask[:, email_action] & (obs[:, prospect_col] == 0)
             treated = eligible & (rng.random(n) < 0.5)
             state["eligible"], state["treated"] = eligible, treated
+            state["new"] = obs[:, tenure_col] < NEWBIE_WEEKS
             actions[treated] = email_action
         return Decisions(actions, np.ones(n))
 
@@ -97,9 +106,13 @@ def simulate_email_experiment(scenario: Scenario, design: EmailExperiment) -> Si
         if t.week >= design.burn_in_weeks:
             purchases += t.next_info["purchases"]
             revenue += t.next_info["revenue"]
-    eligible, treated = state["eligible"], state["treated"]
+    eligible, treated, new = state["eligible"], state["treated"], state["new"]
     control = eligible & ~treated
     conversion = (purchases > 0).astype(np.float64)
+
+    def within(name: str, group: np.ndarray) -> ArmUplift:
+        return compare_arms(name, conversion, revenue, treated & group, control & group)
+
     return SimulatedExperiment(
         n_population=n,
         n_eligible=int(eligible.sum()),
@@ -107,6 +120,8 @@ def simulate_email_experiment(scenario: Scenario, design: EmailExperiment) -> Si
         email=summarize_arm(EMAIL_ACTION, conversion[treated], revenue[treated]),
         uplift=compare_arms(EMAIL_ACTION, conversion, revenue, treated, control),
         email_refused=refused,
+        new_customer_uplift=within("new customers", new),
+        established_uplift=within("others", ~new),
     )
 
 
@@ -132,7 +147,19 @@ class EmailChannelFit:
 
 
 def with_email_response(scenario: Scenario, response: float) -> Scenario:
-    return scenario.with_overrides({"channels.email.response": float(response)})
+    """The scenario with email's ``response`` set and every other channel's scaled by the
+    same factor: how the channels compare stays the scenario's assumption. (A scenario whose
+    email response is 0 keeps the others' as they are.)"""
+    current = scenario.channels["email"].response
+    factor = response / current if current > 0 else 1.0
+    return scenario.with_overrides(
+        {
+            f"channels.{name}.response": float(response)
+            if name == "email"
+            else channel.response * factor
+            for name, channel in scenario.channels.items()
+        }
+    )
 
 
 def fit_email_channel_response(

@@ -117,6 +117,13 @@ class ResponseFit:
     """Mean of log(history $); the ``log_history`` terms are per unit away from it."""
     hurt_share: tuple[tuple[str, Interval], ...]
     """Per email arm and pooled (``Any E-Mail``): share whose conversion email lowers."""
+    newbie_uplift: ArmUplift
+    """Both emails against none among "newbies" (first purchase in the last twelve months)."""
+    established_uplift: ArmUplift
+    """... and among the other customers."""
+    newbie_uplift_ratio: Interval
+    """Newbies' relative conversion uplift over the others': how many times as strongly a new
+    customer responds (parametric bootstrap of the four cells' conversion rates)."""
     source: str
     sha256: str
     n_customers: int
@@ -368,6 +375,9 @@ def fit_email_response(
         (name, percentile_interval(float(point[rows].mean()), np.array(draws[name]), ALPHA, METHOD))
         for name, rows in groups.items()
     )
+    is_new = data.newbie.astype(bool)
+    newbie_uplift = compare_arms("newbies", conv, spend, ~control & is_new, control & is_new)
+    established_uplift = compare_arms("others", conv, spend, ~control & ~is_new, control & ~is_new)
     return ResponseFit(
         arms=arms,
         uplifts=uplifts,
@@ -376,11 +386,42 @@ def fit_email_response(
         recency_mean=recency_mean,
         log_history_mean=log_history_mean,
         hurt_share=hurt_share,
+        newbie_uplift=newbie_uplift,
+        established_uplift=established_uplift,
+        newbie_uplift_ratio=_relative_uplift_ratio(
+            conv, ~control, is_new, n_bootstrap, None if seed is None else seed + 1
+        ),
         source=data.source,
         sha256=data.sha256,
         n_customers=len(arm),
         n_bootstrap=n_bootstrap,
         seed=seed,
+    )
+
+
+def _relative_uplift_ratio(
+    conv: NDArray[np.float64],
+    treated: NDArray[np.bool_],
+    group: NDArray[np.bool_],
+    n_bootstrap: int,
+    seed: int | None,
+) -> Interval:
+    """(relative conversion uplift in ``group``) / (relative uplift outside it), with a
+    parametric bootstrap interval: each (arm, group) cell's conversions redrawn binomially."""
+    cells = [(t, g) for g in (True, False) for t in (True, False)]
+    sizes = np.array([np.count_nonzero((treated == t) & (group == g)) for t, g in cells])
+    rates = np.array([conv[(treated == t) & (group == g)].mean() for t, g in cells])
+
+    def ratio(r: NDArray[np.float64]) -> NDArray[np.float64]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inside, outside = r[..., 0] / r[..., 1] - 1.0, r[..., 2] / r[..., 3] - 1.0
+            out: NDArray[np.float64] = inside / outside
+        return out
+
+    rng = np.random.default_rng(seed)
+    replicates = rng.binomial(sizes, rates, size=(n_bootstrap, len(cells))) / sizes
+    return percentile_interval(
+        float(ratio(rates)), ratio(replicates), ALPHA, "parametric bootstrap"
     )
 
 
@@ -406,6 +447,7 @@ def response_values(fit: ResponseFit) -> dict[str, float]:
         "spend_per_converter": fit.arm(ANY_EMAIL).spend_per_converter.estimate,
         "spend_per_converter_no_email": fit.arm(CONTROL).spend_per_converter.estimate,
         "hurt_share": fit.hurt().estimate,
+        "newbie_uplift_ratio": fit.newbie_uplift_ratio.estimate,
     }
     return {key: significant(value) for key, value in values.items()}
 
@@ -425,17 +467,24 @@ def _intervals(fit: ResponseFit) -> dict[str, list[float]]:
         "uplift_log_odds_category_match": fit.coefficient("email:category_match"),
         "spend_per_converter": fit.arm(ANY_EMAIL).spend_per_converter,
         "hurt_share": fit.hurt(),
+        "newbie_uplift_ratio": fit.newbie_uplift_ratio,
     }
     return {
         key: [significant(value.low), significant(value.high)] for key, value in intervals.items()
     }
 
 
-def response_fragment(fit: ResponseFit, *, email_response: float | None = None) -> str:
+def response_fragment(
+    fit: ResponseFit,
+    *,
+    email_response: dict[str, float] | None = None,
+    new_customer_multiplier: float | None = None,
+) -> str:
     """A TOML ``[email_response]`` table for a scenario: the numbers of
     :func:`response_values`, their 95 % intervals in ``[email_response.interval95]`` and the
-    data set in ``[email_response.source]``; with ``email_response`` (a simulated fit of the
-    channel's response), also ``[channels.email] response``, the key a scenario reads."""
+    data set in ``[email_response.source]``; with ``email_response`` (every channel's response
+    after a simulated fit of email's) and ``new_customer_multiplier``, also
+    ``[channels.*] response`` and ``[contact_response]``, the keys a scenario reads."""
     table: dict[str, Any] = dict(response_values(fit))
     table["interval95"] = _intervals(fit)
     table["source"] = {
@@ -449,12 +498,26 @@ def response_fragment(fit: ResponseFit, *, email_response: float | None = None) 
     }
     fragment: dict[str, Any] = {"email_response": table}
     if email_response is not None:
-        fragment["channels"] = {"email": {"response": significant(email_response)}}
+        fragment["channels"] = {
+            name: {"response": significant(response)} for name, response in email_response.items()
+        }
+    if new_customer_multiplier is not None:
+        fragment["contact_response"] = {
+            "new_customer_weeks": 52,
+            "new_customer_multiplier": significant(new_customer_multiplier),
+        }
     return tomli_w.dumps(fragment)
 
 
 def write_response_fragment(
-    fit: ResponseFit, path: str | Path, *, email_response: float | None = None
+    fit: ResponseFit,
+    path: str | Path,
+    *,
+    email_response: dict[str, float] | None = None,
+    new_customer_multiplier: float | None = None,
 ) -> None:
     """Write :func:`response_fragment` to ``path``."""
-    Path(path).write_text(response_fragment(fit, email_response=email_response), encoding="utf-8")
+    text = response_fragment(
+        fit, email_response=email_response, new_customer_multiplier=new_customer_multiplier
+    )
+    Path(path).write_text(text, encoding="utf-8")

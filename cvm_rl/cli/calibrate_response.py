@@ -8,7 +8,9 @@ with treatment interactions), and the share of customers whom email hurts; ``--o
 ``[email_response]`` TOML fragment. With ``--scenario``, it also runs the campaign in the
 simulator and fits the scenario's ``channels.email.response`` so that one plain email moves
 conversion as it did in the data (``--match absolute``: the arms' difference, or
-``relative``: their ratio), and adds ``[channels.email] response`` to the fragment.
+``relative``: their ratio), with new customers responding as many times more strongly as the
+data's newbies did (``contact_response.new_customer_multiplier``), and adds both to the
+fragment.
 
   cvm calibrate-response --scenario default --out email_response.toml
 """
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             EmailExperiment,
             conversion_uplift,
             fit_email_channel_response,
+            with_email_response,
         )
         from simulator.config import ScenarioError, load_scenario
 
@@ -118,6 +121,12 @@ def run(args: argparse.Namespace) -> int:
             scenario = load_scenario(args.scenario)
         except ScenarioError as exc:
             raise CliError(f"--scenario: {exc}") from None
+        # New customers respond more strongly (the data's newbies); the scenario takes that
+        # ratio first, and the channel's response is then fitted with it in place.
+        new_customer_multiplier = fit.newbie_uplift_ratio.estimate
+        scenario = scenario.with_overrides(
+            {"contact_response.new_customer_multiplier": new_customer_multiplier}
+        )
         target = conversion_uplift(fit.uplift(ANY_EMAIL), args.match).estimate
         design = EmailExperiment(n_customers=args.customers, seed=args.seed)
         try:
@@ -127,7 +136,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.out is not None:
             write_response_fragment(
-                fit, args.out, email_response=None if channel_fit is None else channel_fit.response
+                fit,
+                args.out,
+                email_response=None
+                if channel_fit is None
+                else {
+                    name: channel.response
+                    for name, channel in with_email_response(
+                        scenario, channel_fit.response
+                    ).channels.items()
+                },
+                new_customer_multiplier=None
+                if channel_fit is None
+                else fit.newbie_uplift_ratio.estimate,
             )
     except OSError as exc:
         raise CliError(f"--out: {exc}") from None
@@ -163,6 +184,12 @@ def run(args: argparse.Namespace) -> int:
             f"{c.name:<22} {c.estimate:>9.4f} {c.std_error:>8.4f} {c.z:>6.2f}  "
             f"[{c.low:.4f}, {c.high:.4f}]"
         )
+    print(
+        f"newbies (first purchase in the last 12 months): relative conversion uplift "
+        f"{_interval(fit.newbie_uplift.relative_conversion, 100, ' %')}; others "
+        f"{_interval(fit.established_uplift.relative_conversion, 100, ' %')}; ratio "
+        f"{_interval(fit.newbie_uplift_ratio)}"
+    )
     for name, share in fit.hurt_share:
         print(f"email hurts ({name}): {_interval(share, 100, ' %')} of customers")
     verdict = (
@@ -177,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
     if channel_fit is not None:
         sim = channel_fit.simulated
         print(
-            f"scenario {args.scenario!r}: channels.email.response = {channel_fit.response:.4g} "
+            f"scenario {args.scenario!r}: contact_response.new_customer_multiplier = "
+            f"{fit.newbie_uplift_ratio.estimate:.4g}, channels.email.response = "
+            f"{channel_fit.response:.4g} "
             f"reproduces the {args.match} conversion uplift of one email "
             f"({channel_fit.evaluations} simulated campaigns of {sim.n_population:,} customers, "
             f"{sim.n_eligible:,} eligible): simulated conversion uplift "

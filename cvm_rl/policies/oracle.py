@@ -88,6 +88,7 @@ class OraclePolicy(Policy):
             tb.action_base_lift[None, :]
             * tb.segment_sensitivity[seg, None]
             * tb.segment_affinity[seg][:, ch]
+            * pop.uplift_multiplier(rows)[:, None]
             * np.exp(-tb.channel_fatigue_sens[ch][None, :] * fatigue)
         )
         lift[:, ~contacted] = 0.0
