@@ -18,6 +18,8 @@ GROUP_BY: tuple[str, ...] = ("segment", "stage")
 
 METRICS: tuple[str, ...] = (
     "value",
+    "residual_value",
+    "long_run_value",
     "revenue",
     "discount_cost",
     "contact_cost",
@@ -25,9 +27,12 @@ METRICS: tuple[str, ...] = (
     "opt_out_rate",
     "churn_rate",
 )
-"""Per-customer metrics over the horizon: net value (margin - discount - contact cost),
-revenue, costs, contacts per customer, share of customers who opted out of any channel, and
-share of customers alive at the start who dropped out by the end (latent, from the oracle)."""
+"""Per-customer metrics: net value over the horizon (margin - discount - contact cost); the
+residual value each customer carries out of it (expected margin of the next 52 weeks with no
+contact, discounted at 10 % a year, from the latent state: ``Population.
+expected_no_contact_margin``; NaN where a customer had not yet arrived); the long-run value,
+their sum; revenue, costs, contacts per customer, share of customers who opted out of any
+channel, and share of customers alive at the start who dropped out by the end (latent)."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,9 @@ def run_episode_detailed(
             on_step(info)
     dropped = alive_at_start & ~info["oracle"]["alive"]
     result = {k: v / n_customers for k, v in totals.items()}
+    residual = info["oracle"].get("residual_value")
+    result["residual_value"] = float(np.mean(residual)) if residual is not None else np.nan
+    result["long_run_value"] = result["value"] + result["residual_value"]
     result["opt_out_rate"] = float(opted_out.mean())
     result["churn_rate"] = float(dropped.sum() / max(alive_at_start.sum(), 1))
     n_segments = len(scenario.segment_names)
@@ -286,21 +294,25 @@ def format_table(
     ref = _find(results, reference)
     head = (
         f"| policy | value/customer | 95% CI | lift vs {baseline or 'baseline'} [paired 95% CI] "
-        f"| share of {reference or 'reference'} lift | revenue | discount | contact "
+        f"| share of {reference or 'reference'} lift | residual | long-run value "
+        f"| long-run lift [paired 95% CI] | revenue | discount | contact "
         "| contacts | opt-out | churn |"
     )
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|" + "---:|" * 13]
     for r in results:
         low, high = r.interval("value")
-        lift = share = "n/a"
+        lift = share = long_lift = "n/a"
         if base is not None:
             mean, lift_low, lift_high = r.lift_interval(base)
             lift = f"{mean:+.3f} [{lift_low:+.3f}, {lift_high:+.3f}]"
+            mean, lift_low, lift_high = r.lift_interval(base, "long_run_value")
+            long_lift = f"{mean:+.3f} [{lift_low:+.3f}, {lift_high:+.3f}]"
             if ref is not None:
                 fraction = lift_share(r, base, ref)
                 share = "n/a" if fraction is None else f"{100 * fraction:.1f}%"
         lines.append(
             f"| {r.policy} | {r.mean('value'):.3f} | [{low:.3f}, {high:.3f}] | {lift} | {share} "
+            f"| {r.mean('residual_value'):.3f} | {r.mean('long_run_value'):.3f} | {long_lift} "
             f"| {r.mean('revenue'):.2f} | {r.mean('discount_cost'):.3f} "
             f"| {r.mean('contact_cost'):.3f} | {r.mean('contacts'):.2f} "
             f"| {r.mean('opt_out_rate'):.3f} | {r.mean('churn_rate'):.3f} |"
@@ -339,11 +351,14 @@ def results_to_dict(
             "mean": {m: r.mean(m) for m in r.per_seed},
             "ci95": {m: list(r.interval(m)) for m in r.per_seed},
             "lift": None,
+            "long_run_lift": None,
             "share_of_reference_lift": None,
         }
         if base is not None:
             mean, low, high = r.lift_interval(base)
             summary["lift"] = {"mean": mean, "ci95": [low, high]}
+            mean, low, high = r.lift_interval(base, "long_run_value")
+            summary["long_run_lift"] = {"mean": mean, "ci95": [low, high]}
             if ref is not None:
                 summary["share_of_reference_lift"] = lift_share(r, base, ref)
         payload["summary"][r.policy] = summary

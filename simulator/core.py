@@ -51,6 +51,10 @@ from simulator.streams import (
 )
 
 STAGE_INDEX = {name: i for i, name in enumerate(STAGES)}
+RESIDUAL_WEEKS = 52
+"""Weeks past the horizon that a customer's residual value covers (a second year)."""
+RESIDUAL_WEEKLY_DISCOUNT = 0.9 ** (1 / 52)
+"""The residual value's discount per week: 10 % a year."""
 PROSPECT_MAX_TENURE = 26
 
 
@@ -461,6 +465,80 @@ class Population:
             "segment": self.segment.copy(),
             "present": self.present.copy(),
         }
+
+    def expected_no_contact_margin(
+        self, weeks: int = RESIDUAL_WEEKS, weekly_discount: float = RESIDUAL_WEEKLY_DISCOUNT
+    ) -> np.ndarray:
+        """(N,) expected margin of each customer over the next ``weeks`` weeks if nobody is
+        contacted again, week ``w`` (0 = the next step) weighted by ``weekly_discount ** w``:
+        the value a customer carries out of the horizon (its "residual value").
+
+        Exact under the no-contact dynamics given the latent state (alive, purchase rate,
+        dropout probability, spend rate, pull-forward debt, retention bonus), the remaining
+        dropout budget marginalized (BG/NBD's per-purchase dropout is memoryless): for a live
+        customer with weekly rate r and per-purchase dropout p, a week's expected purchases are
+        (1 - exp(-r p)) / p and it survives the week with probability exp(-r p); a prospect's
+        first purchase carries no dropout; a customer who dropped out comes back each week
+        with ``reactivation_prob``. Every customer must be present (arrivals have joined).
+        """
+        if weeks < 0:
+            raise ValueError(f"weeks must be >= 0, got {weeks}")
+        if not 0.0 < weekly_discount <= 1.0:
+            raise ValueError(f"weekly_discount must be in (0, 1], got {weekly_discount}")
+        if not self.present.all():
+            raise ValueError(
+                f"{int((~self.present).sum())} customers have not arrived yet: the residual "
+                "value is defined once every customer is present"
+            )
+        tb, sc = self.tables, self.scenario
+        pm = sc.purchase
+        purchased, alive = self.purchased_ever, self.alive
+        # Probability masses of the four states: (prospect | customer) x (alive | dead).
+        prospect_alive = (~purchased & alive).astype(np.float64)
+        prospect_dead = (~purchased & ~alive).astype(np.float64)
+        customer_alive = (purchased & alive).astype(np.float64)
+        customer_dead = (purchased & ~alive).astype(np.float64)
+        debt = self.pf_debt.astype(np.float64).copy()
+        margin_per_purchase = sc.margin_rate * pm.spend_p / self.nu
+        back = pm.reactivation_prob
+        total = np.zeros(self.n)
+        for w in range(weeks):
+            for alive_mass, dead_mass in (
+                (prospect_alive, prospect_dead),
+                (customer_alive, customer_dead),
+            ):
+                coming_back = dead_mass * back
+                alive_mass += coming_back
+                dead_mass -= coming_back
+            base = self.lam * tb.season[(self.week_of_year + w) % 52]
+            repay = debt * pm.pull_forward_repay
+            debt -= repay
+            p = self.p_drop * np.where(self.retention_left > w, self.retention_mult, 1.0)
+            p = np.clip(p, 1e-12, 1.0)
+            q = 1.0 - p
+            # Customers: purchases until the one on which they drop out.
+            rate = np.maximum(base - repay, 0.0)
+            survive = np.exp(-rate * p)
+            purchases = customer_alive * (1.0 - survive) / p
+            dying = customer_alive * (1.0 - survive)
+            customer_alive -= dying
+            customer_dead += dying
+            # Prospects: the first purchase is free of dropout, the repeats after it are not.
+            rate = np.maximum(base * sc.acquisition.prospect_conversion - repay, 0.0)
+            none = np.exp(-rate)
+            first = 1.0 - none
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # E[min(N - 1, K); N >= 1] and P(survive the repeats; N >= 1), K ~ Geometric(p)
+                repeats = np.where(
+                    q > 1e-9, ((1.0 - np.exp(-rate * p)) / p - first) / q, 1.0 - none - rate * none
+                )
+                lives = np.where(q > 1e-9, (np.exp(-rate * p) - none) / q, rate * none)
+            purchases += prospect_alive * (first + repeats)
+            customer_alive += prospect_alive * lives
+            customer_dead += prospect_alive * (first - lives)
+            prospect_alive *= none
+            total += weekly_discount**w * purchases * margin_per_purchase
+        return total
 
     # ------------------------------------------------------------------ dynamics
     def reseed(self, seed: int | None) -> None:

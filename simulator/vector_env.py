@@ -118,4 +118,7 @@ class CustomerLifecycleVectorEnv(VectorEnv):
             info["oracle"] = pop.oracle_state()
             if result is not None:
                 info["oracle"]["dropped_out"] = result.dropped_out
+                if result.truncated and pop.present.all():
+                    # What each customer carries out of the horizon (no contact after it).
+                    info["oracle"]["residual_value"] = pop.expected_no_contact_margin()
         return info

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cvm_rl.cli import main
-from cvm_rl.evaluation import evaluate_policies, run_episode
+from cvm_rl.evaluation import evaluate_policies, format_table, results_to_dict, run_episode
 from cvm_rl.policies import NoContactPolicy, RandomPolicy
 from simulator.config import load_scenario
 from simulator.vector_env import CustomerLifecycleVectorEnv
@@ -45,6 +45,30 @@ def test_run_episode_totals_match_an_independent_rollout() -> None:
         contacts += np.count_nonzero(info["executed_action"])
     assert metrics["value"] == pytest.approx(total / 500)
     assert metrics["contacts"] == pytest.approx(contacts / 500)
+    # The residual value is what the final population carries out of the horizon.
+    residual = env.population.expected_no_contact_margin()
+    assert metrics["residual_value"] == pytest.approx(residual.mean())
+    assert metrics["long_run_value"] == pytest.approx(total / 500 + residual.mean())
+
+
+def test_long_run_value_is_value_plus_residual_and_has_a_paired_lift() -> None:
+    results = evaluate_policies(
+        [NoContactPolicy(SCENARIO), RandomPolicy(SCENARIO)], SCENARIO, n_customers=300, seeds=[1, 2]
+    )
+    quiet, noisy = results
+    for r in results:
+        np.testing.assert_allclose(
+            r.per_seed["long_run_value"], r.per_seed["value"] + r.per_seed["residual_value"]
+        )
+        assert (r.per_seed["residual_value"] > 0).all()
+    # The long-run lift is the horizon's lift plus the residual's, seed by seed.
+    long_run = noisy.lift_interval(quiet, "long_run_value")[0]
+    parts = noisy.lift_interval(quiet)[0] + noisy.lift_interval(quiet, "residual_value")[0]
+    assert long_run == pytest.approx(parts)
+    table = format_table(results)
+    assert "| residual | long-run value | long-run lift [paired 95% CI] |" in table
+    summary = results_to_dict(results)["summary"]["random"]["long_run_lift"]
+    assert summary["mean"] == pytest.approx(noisy.lift_interval(quiet, "long_run_value")[0])
 
 
 def test_no_contact_has_no_costs_and_ci_covers_mean() -> None:

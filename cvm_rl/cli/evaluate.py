@@ -1,8 +1,10 @@
 """``cvm evaluate``: policies and trained bundles on held-out simulated customers.
 
 Every policy runs on the same populations (one per seed, common random numbers), so lifts are
-paired. The table gives value per customer with 95 % CIs over seeds, the paired lift over no
-contact, the share of the oracle's lift, costs, contacts, opt-outs and churn.
+paired. The table gives value per customer over the horizon with 95 % CIs over seeds, the
+paired lift over no contact, the share of the oracle's lift, the residual value customers carry
+out of the horizon (the next 52 weeks' expected no-contact margin, discounted at 10 % a year),
+the long-run value (their sum) and its paired lift, costs, contacts, opt-outs and churn.
 
   cvm evaluate --bundles runs/mppo runs/ucb --policies no_contact rules greedy oracle \\
       --customers 20000 --seeds 5 --json runs/eval.json --plots runs/plots
