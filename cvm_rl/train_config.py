@@ -35,7 +35,10 @@ class TrainConfig(ConfigModel):
     then starts near the do-nothing campaign instead of contacting at random, which otherwise
     costs a long stretch of training to unlearn. ``optout_cost`` is charged in the RL
     training reward for every opt-out: a lost permission costs contacts beyond the horizon
-    that the horizon's value cannot see (evaluation never includes it).
+    that the horizon's value cannot see (evaluation never includes it). ``terminal_value``
+    adds each customer's residual value to the last week's reward and ends the episode
+    there instead of bootstrapping the critic at the cut (see
+    :class:`~simulator.sb3.CustomerLifecycleSB3VecEnv`): RL then optimizes the long-run value.
     """
 
     algo: str = "maskable_ppo"
@@ -53,6 +56,7 @@ class TrainConfig(ConfigModel):
     net_arch: list[int] = Field(default_factory=lambda: [64, 64])
     no_contact_prior: float = 4.0
     optout_cost: float = 0.0
+    terminal_value: bool = False
     policy_kwargs: dict[str, Any] = Field(default_factory=dict)
     bandit_kwargs: dict[str, Any] = Field(default_factory=dict)
     torch_threads: int = 1

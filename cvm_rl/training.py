@@ -112,7 +112,9 @@ def make_training_env(config: TrainConfig, scenario: Scenario) -> Any:
 
     from simulator.sb3 import CustomerLifecycleSB3VecEnv
 
-    env = CustomerLifecycleSB3VecEnv(config.n_envs, scenario, seed=config.seed)
+    env = CustomerLifecycleSB3VecEnv(
+        config.n_envs, scenario, seed=config.seed, terminal_value=config.terminal_value
+    )
     scaled = ScaledObservations(env, FeatureTransform.from_scenario(scenario), config.optout_cost)
     return VecNormalize(scaled, norm_obs=False, norm_reward=True, gamma=config.gamma)
 

@@ -29,6 +29,13 @@ class CustomerLifecycleSB3VecEnv(VecEnv):
 
     ``seed(s)`` (or ``seed=`` here) fixes the population drawn at the next ``reset``; later
     populations continue the same random stream, so a seeded run is reproducible.
+
+    ``terminal_value``: at the horizon, each customer's residual value (the expected margin of
+    the next 52 weeks with no contact, from the latent state:
+    ``Population.expected_no_contact_margin``) is added to the last reward and the episode ends
+    there (``TimeLimit.truncated`` False), so SB3 does not bootstrap its critic at the cut:
+    the learner then optimizes the long-run value that evaluation reports, not an
+    infinite-horizon value of its own critic.
     """
 
     def __init__(
@@ -38,8 +45,10 @@ class CustomerLifecycleSB3VecEnv(VecEnv):
         *,
         seed: int | None = None,
         strict_masking: bool = False,
+        terminal_value: bool = False,
     ) -> None:
         self.venv = CustomerLifecycleVectorEnv(num_envs, scenario, strict_masking=strict_masking)
+        self.terminal_value = terminal_value
         super().__init__(
             num_envs, self.venv.single_observation_space, self.venv.single_action_space
         )
@@ -78,10 +87,12 @@ class CustomerLifecycleSB3VecEnv(VecEnv):
         if truncated[0]:
             # Horizon reached for everyone: report episodes, then reset in the same step.
             length = self.venv.scenario.horizon_weeks
+            if self.terminal_value:
+                reward = reward + self.venv.population.expected_no_contact_margin()
             for i, ret in enumerate(self._episode_returns):
                 infos[i] = {
                     "terminal_observation": obs[i],
-                    "TimeLimit.truncated": True,
+                    "TimeLimit.truncated": not self.terminal_value,
                     "episode": {"r": float(ret), "l": length, "t": 0.0},
                 }
             obs, _ = self.venv.reset()

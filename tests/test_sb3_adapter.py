@@ -7,6 +7,7 @@ from stable_baselines3 import PPO
 
 from simulator.config import load_scenario
 from simulator.sb3 import CustomerLifecycleSB3VecEnv
+from simulator.vector_env import CustomerLifecycleVectorEnv
 
 SHORT = load_scenario("default").with_overrides({"horizon_weeks": 4})
 
@@ -48,3 +49,28 @@ def test_ppo_learns_on_the_adapter_without_errors() -> None:
     model.learn(total_timesteps=32 * 8 * 2)
     actions, _ = model.predict(env.reset(), deterministic=True)
     assert actions.shape == (32,)
+
+
+def test_terminal_value_ends_the_episode_with_the_residual_value() -> None:
+    """With ``terminal_value`` the last reward carries each customer's residual value and the
+    episode is a true end (SB3 does not bootstrap); without it, the cut is a truncation."""
+    scenario = load_scenario("default").with_overrides({"horizon_weeks": 3})
+    no_contact = np.zeros(200, dtype=np.int64)
+    rewards = {}
+    for terminal in (False, True):
+        env = CustomerLifecycleSB3VecEnv(200, scenario, seed=3, terminal_value=terminal)
+        env.reset()
+        for _ in range(3):
+            env.step_async(no_contact)
+            _, reward, done, infos = env.step_wait()
+        assert done.all()
+        assert all(info["TimeLimit.truncated"] is (not terminal) for info in infos)
+        rewards[terminal] = reward
+    # The same population and draws, stepped natively: its final residual value is the gap.
+    native = CustomerLifecycleVectorEnv(200, scenario)
+    native.reset(seed=3)
+    for _ in range(3):
+        native.step(no_contact)
+    residual = native.population.expected_no_contact_margin()
+    assert residual.mean() > 0
+    np.testing.assert_allclose(rewards[True] - rewards[False], residual, rtol=1e-5, atol=1e-4)

@@ -58,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--net-arch", type=_widths, help="hidden layer widths of the RL networks (default: 64,64)"
     )
+    parser.add_argument(
+        "--terminal-value",
+        action="store_true",
+        default=None,
+        help="RL: add each customer's residual value at the horizon to the last reward and end "
+        "the episode there (train on the long-run value; default: bootstrap the critic)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -71,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     with needs_extra("plots", "train"):
         from cvm_rl.plots import plot_learning_curves
 
-    names = [name for name, _, _ in TRAIN_OPTIONS] + ["net_arch"]
+    names = [name for name, _, _ in TRAIN_OPTIONS] + ["net_arch", "terminal_value"]
     values = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     try:
         config = TrainConfig(algo=args.algo, scenario=args.scenario, seed=args.seed, **values)
