@@ -12,6 +12,45 @@ import numpy as np
 from cvm_rl.logs.records import DecisionBatch, ModelRecord
 from cvm_rl.logs.store import DecisionLog
 
+
+def make_batch(
+    event_ids: Sequence[str],
+    activation: int,
+    seed: int = 0,
+    *,
+    probabilities: bool = True,
+    baseline: bool = True,
+    n_features: int = 3,
+    n_actions: int = 4,
+) -> DecisionBatch:
+    """Random but valid decisions (a seed fixes the content, so equal seeds replay); with
+    ``baseline`` about half the rows name a baseline action, without it none does."""
+    rng = np.random.default_rng(seed)
+    n = len(event_ids)
+    eligible = rng.random((n, n_actions)) < 0.6
+    eligible[:, 0] = True
+    probs = eligible / eligible.sum(axis=1, keepdims=True)
+    actions = np.array([rng.choice(np.flatnonzero(row)) for row in eligible])
+    propensity = probs[np.arange(n), actions]
+    decided_at_us = rng.integers(1_700_000_000_000_000, 1_800_000_000_000_000, n)
+    baseline_draw = np.where(rng.random(n) < 0.5, -1, rng.integers(0, n_actions, n))
+    return DecisionBatch(
+        event_ids=list(event_ids),
+        customer_ids=[f"cust-{e}" for e in event_ids],
+        decided_at_us=decided_at_us,
+        activation=activation,
+        action_index=actions,
+        propensity=propensity,
+        policy_action_index=actions.copy(),
+        policy_propensity=propensity.copy(),
+        baseline_action_index=baseline_draw if baseline else np.full(n, -1),
+        explored=actions != probs.argmax(axis=1),
+        features=rng.normal(size=(n, n_features)).astype(np.float32),
+        eligible=eligible,
+        probabilities=probs if probabilities else None,
+    )
+
+
 MODEL_A = ModelRecord("a-1", "1", "random", "", ["f0", "f1", "f2"], ["no_contact", "x", "y"])
 MODEL_B = ModelRecord("b-2", "2", "random", "", [f"g{i}" for i in range(5)], ["no_contact", "z"])
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from log_fixtures import make_batch
 
 from cvm_rl.logs.schema import SCHEMA_VERSION
 from cvm_rl.logs.store import (
@@ -26,7 +27,7 @@ from cvm_rl.logs.store import (
     UnknownEvents,
 )
 
-N_FEATURES, N_ACTIONS = 3, 4
+N_FEATURES, N_ACTIONS = 3, 4  # make_batch's defaults
 MODEL = ModelRecord(
     model_id="test-abc",
     model_version="abc",
@@ -35,34 +36,6 @@ MODEL = ModelRecord(
     feature_names=[f"f{i}" for i in range(N_FEATURES)],
     action_names=["no_contact", "a", "b", "c"],
 )
-
-
-def make_batch(
-    event_ids: list[str], activation: int, seed: int = 0, *, probabilities: bool = True
-) -> DecisionBatch:
-    """Random but valid decisions (a seed fixes the content, so equal seeds replay)."""
-    rng = np.random.default_rng(seed)
-    n = len(event_ids)
-    eligible = rng.random((n, N_ACTIONS)) < 0.6
-    eligible[:, 0] = True
-    probs = eligible / eligible.sum(axis=1, keepdims=True)
-    actions = np.array([rng.choice(np.flatnonzero(row)) for row in eligible])
-    propensity = probs[np.arange(n), actions]
-    return DecisionBatch(
-        event_ids=list(event_ids),
-        customer_ids=[f"cust-{e}" for e in event_ids],
-        decided_at_us=rng.integers(1_700_000_000_000_000, 1_800_000_000_000_000, n),
-        activation=activation,
-        action_index=actions,
-        propensity=propensity,
-        policy_action_index=actions.copy(),
-        policy_propensity=propensity.copy(),
-        baseline_action_index=np.where(rng.random(n) < 0.5, -1, rng.integers(0, N_ACTIONS, n)),
-        explored=actions != probs.argmax(axis=1),
-        features=rng.normal(size=(n, N_FEATURES)).astype(np.float32),
-        eligible=eligible,
-        probabilities=probs if probabilities else None,
-    )
 
 
 @pytest.fixture

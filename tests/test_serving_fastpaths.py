@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from log_fixtures import make_batch
 
+from cvm_rl.logs.schema import DECISION_COLUMNS
 from cvm_rl.logs.store import DecisionBatch, DecisionLog, ModelRecord, StoredDecision
 from cvm_rl.policies.base import explored
 from server import blas
@@ -23,31 +25,8 @@ MODEL = ModelRecord("m-1", "1", "random", "/b", ["f0", "f1", "f2"], [f"a{i}" for
 
 
 def batch(event_ids: list[str], seed: int = 0, *, baseline: bool = True) -> DecisionBatch:
-    rng = np.random.default_rng(seed)
-    n = len(event_ids)
-    eligible = rng.random((n, N_ACTIONS)) < 0.6
-    eligible[:, 0] = True
-    probs = eligible / eligible.sum(axis=1, keepdims=True)
-    actions = np.array([rng.choice(np.flatnonzero(row)) for row in eligible])
-    propensity = probs[np.arange(n), actions]
-    return DecisionBatch(
-        event_ids=list(event_ids),
-        customer_ids=[f"c-{e}" for e in event_ids],
-        decided_at_us=rng.integers(1_700_000_000_000_000, 1_800_000_000_000_000, n),
-        activation=1,
-        action_index=actions,
-        propensity=propensity,
-        policy_action_index=actions.copy(),
-        policy_propensity=propensity.copy(),
-        baseline_action_index=(
-            np.where(rng.random(n) < 0.5, -1, rng.integers(0, N_ACTIONS, n))
-            if baseline
-            else np.full(n, -1)
-        ),
-        explored=actions != probs.argmax(axis=1),
-        features=rng.normal(size=(n, N_FEATURES)).astype(np.float32),
-        eligible=eligible,
-        probabilities=probs,
+    return make_batch(
+        event_ids, 1, seed, baseline=baseline, n_features=N_FEATURES, n_actions=N_ACTIONS
     )
 
 
@@ -56,10 +35,33 @@ def batch(event_ids: list[str], seed: int = 0, *, baseline: bool = True) -> Deci
 def test_flat_rows_are_the_rows_flattened(n: int, baseline: bool) -> None:
     b = batch([f"e{i}" for i in range(n)], seed=n, baseline=baseline)
     b.check()
+    # The reference: one tuple per row, in DECISION_COLUMNS order, built the slow way.
+    expected_rows = [
+        (
+            b.event_ids[i],
+            b.customer_ids[i],
+            int(b.decided_at_us[i]),
+            7,
+            i,
+            int(b.action_index[i]),
+            float(b.propensity[i]),
+            int(b.policy_action_index[i]),
+            float(b.policy_propensity[i]),
+            None if b.baseline_action_index[i] < 0 else int(b.baseline_action_index[i]),
+            int(b.explored[i]),
+        )
+        for i in range(n)
+    ]
+    assert all(len(row) == len(DECISION_COLUMNS) for row in expected_rows)
+    expected = [value for row in expected_rows for value in row]
     flat = b.flat_rows(7)
-    expected = b.rows(7).ravel().tolist()
     assert flat == expected
     assert [type(x) for x in flat] == [type(x) for x in expected]
+    # A subset keeps each row's own request_row.
+    picked = [n - 1, 0]
+    subset = [value for i in picked for value in expected_rows[i]]
+    assert b.flat_rows(7, picked) == subset
+    assert [type(x) for x in b.flat_rows(7, picked)] == [type(x) for x in subset]
 
 
 @pytest.mark.parametrize(

@@ -187,29 +187,11 @@ class DecisionBatch:
             else np.ascontiguousarray(self.probabilities, dtype="<f8").tobytes(),
         )
 
-    def rows(self, request: int, indices: Sequence[int] | None = None) -> np.ndarray:
-        """``decisions`` rows pointing at ``request`` as an (N, columns) object array in
-        ``DECISION_COLUMNS`` order, for all rows or the given ``indices`` (filled column
-        by column: building per-row tuples in Python costs more than the insert)."""
-        n = len(self.event_ids)
-        rows = np.empty((n, len(DECISION_COLUMNS)), dtype=object)
-        rows[:, 0] = self.event_ids
-        rows[:, 1] = self.customer_ids
-        rows[:, 2] = self.decided_at_us.tolist()
-        rows[:, 3] = request
-        rows[:, 4] = range(n)
-        rows[:, 5] = self.action_index.tolist()
-        rows[:, 6] = self.propensity.tolist()
-        rows[:, 7] = self.policy_action_index.tolist()
-        rows[:, 8] = self.policy_propensity.tolist()
-        rows[:, 9] = [None if b < 0 else b for b in self.baseline_action_index.tolist()]
-        rows[:, 10] = self.explored.astype(int).tolist()
-        return rows if indices is None else rows[list(indices)]
-
-    def flat_rows(self, request: int) -> list[Any]:
-        """All ``decisions`` rows pointing at ``request``, concatenated into one flat list in
-        ``DECISION_COLUMNS`` order (the parameters of a multi-row INSERT): filled column by
-        column with slice assignments, without an object per row."""
+    def flat_rows(self, request: int, indices: Sequence[int] | None = None) -> list[Any]:
+        """The ``decisions`` rows pointing at ``request`` (all, or the given ``indices``),
+        concatenated into one flat list in ``DECISION_COLUMNS`` order (the parameters of a
+        multi-row INSERT): filled column by column with slice assignments, without an object
+        per row."""
         n = len(self.event_ids)
         width = len(DECISION_COLUMNS)
         flat: list[Any] = [None] * (n * width)
@@ -226,7 +208,9 @@ class DecisionBatch:
         if n and baseline.max() >= 0:  # else every row keeps its None (NULL)
             flat[9::width] = [None if b < 0 else b for b in baseline.tolist()]
         flat[10::width] = self.explored.astype(int).tolist()
-        return flat
+        if indices is None:
+            return flat
+        return [value for i in indices for value in flat[i * width : (i + 1) * width]]
 
 
 _COLUMNS = (

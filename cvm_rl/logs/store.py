@@ -357,7 +357,7 @@ class DecisionLog:
         returns how many decisions were inserted."""
         request = self._db.execute(_INSERT_REQUEST, batch.request_row()).lastrowid
         assert request is not None
-        flat = batch.rows(request, indices).ravel().tolist()
+        flat = batch.flat_rows(request, indices)
         return self._insert_decisions(flat)
 
     def _insert_rows(self, request_row: tuple[Any, ...], flat: list[Any]) -> int:
