@@ -3,7 +3,6 @@ model reference every response carries, and ``GetPolicyInfo``'s catalog and sett
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,10 +40,7 @@ class Served:
     def fill_messages(
         self, add: Callable[..., pb.Decision], model: ServingModel, with_probabilities: bool
     ) -> None:
-        """One Decision per row through ``add`` (a repeated field's ``add``).
-
-        Each row starts as a copy of its action's template (the Action and its index), then
-        gets its own fields: half the cost of passing every field to ``add``."""
+        """One Decision per row through ``add`` (a repeated field's ``add``)."""
         templates = _decision_templates(model)
         columns = zip(
             self.event_ids,
@@ -56,26 +52,20 @@ class Served:
             strict=True,
         )
         for i, (event_id, customer_id, a, p, x, source) in enumerate(columns):
-            decision = add()
-            decision.CopyFrom(templates[a])
-            decision.event_id = event_id
-            decision.customer_id = customer_id
-            decision.propensity = p
-            decision.explored = x
-            decision.source = source
+            decision = _fill_decision(add(), templates[a], event_id, customer_id, p, x, source)
             if with_probabilities:
                 decision.probabilities.extend(self.probabilities[i].tolist())
 
     def message(self, i: int, model: ServingModel, with_probabilities: bool) -> pb.Decision:
         """Row ``i`` as a Decision (what :meth:`fill_messages` adds for it)."""
-        decision = pb.Decision(
-            event_id=self.event_ids[i],
-            customer_id=self.customer_ids[i],
-            action=_model_action_protos(model)[int(self.action[i])],
-            action_index=int(self.action[i]),
-            propensity=float(self.propensity[i]),
-            explored=bool(self.explored[i]),
-            source=self.source[i].item(),
+        decision = _fill_decision(
+            pb.Decision(),
+            _decision_templates(model)[int(self.action[i])],
+            self.event_ids[i],
+            self.customer_ids[i],
+            float(self.propensity[i]),
+            bool(self.explored[i]),
+            self.source[i].item(),
         )
         if with_probabilities:
             decision.probabilities.extend(self.probabilities[i].tolist())
@@ -92,40 +82,43 @@ class Served:
             packed.probabilities.extend(self.probabilities.ravel().tolist())
 
 
-@functools.lru_cache(maxsize=16)
-def _action_protos(actions: tuple[tuple[str, str], ...]) -> list[pb.Action]:
-    """The catalog as Action messages, built once per catalog."""
-    return [pb.Action(offer_id=o, channel=c) for o, c in actions]
-
-
-# Per serving model (dropped with it): its catalog as Action messages, and per action a
-# Decision holding the action and its index only. Looked up by the model itself: hashing the
-# catalog on every unary call cost more than the rest of its response.
-_ACTION_PROTOS: weakref.WeakKeyDictionary[ServingModel, list[pb.Action]] = (
-    weakref.WeakKeyDictionary()
-)
+# Per serving model (dropped with it), per catalog action, a Decision holding the action and
+# its index only. Looked up by the model itself: hashing the catalog on every unary call cost
+# more than the rest of its response.
 _DECISION_TEMPLATES: weakref.WeakKeyDictionary[ServingModel, list[pb.Decision]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _model_action_protos(model: ServingModel) -> list[pb.Action]:
-    """:func:`_action_protos` of a model's catalog."""
-    protos = _ACTION_PROTOS.get(model)
-    if protos is None:
-        protos = _ACTION_PROTOS[model] = _action_protos(tuple(model.actions))
-    return protos
-
-
 def _decision_templates(model: ServingModel) -> list[pb.Decision]:
-    """Per catalog action, a Decision holding the action and its index only."""
+    """Per catalog action of ``model``, a Decision holding the action and its index only."""
     templates = _DECISION_TEMPLATES.get(model)
     if templates is None:
         templates = _DECISION_TEMPLATES[model] = [
-            pb.Decision(action=action, action_index=a)
-            for a, action in enumerate(_model_action_protos(model))
+            pb.Decision(action=pb.Action(offer_id=o, channel=c), action_index=a)
+            for a, (o, c) in enumerate(model.actions)
         ]
     return templates
+
+
+def _fill_decision(
+    decision: pb.Decision,
+    template: pb.Decision,
+    event_id: str,
+    customer_id: str,
+    propensity: float,
+    explored: bool,
+    source: pb.DecisionSource,
+) -> pb.Decision:
+    """``decision`` as a copy of its action's template plus one row's own fields (about half
+    the cost of passing every field to the constructor)."""
+    decision.CopyFrom(template)
+    decision.event_id = event_id
+    decision.customer_id = customer_id
+    decision.propensity = propensity
+    decision.explored = explored
+    decision.source = source
+    return decision
 
 
 def model_ref(model: ServingModel) -> pb.ModelRef:
