@@ -245,6 +245,7 @@ class Population:
     masked_total: int = 0
     budget_refused_total: int = 0
     _mask_cache: np.ndarray | None = field(default=None, repr=False)
+    _static_features: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -394,20 +395,26 @@ class Population:
                 "contacts_in_window": self.window_counts,
                 "opt_in": self.opt_in,
                 "stage": one_hot(self.stage(), len(STAGES)),
-                **{
-                    name: one_hot(self.attributes[:, k], len(attribute.members))
-                    for k, (name, attribute) in enumerate(self.scenario.attributes.items())
-                },
-                **(
-                    {"segment": one_hot(self.segment, self.tables.n_segments)}
-                    if self.scenario.segment_observed
-                    else {}
-                ),
+                **self._static_one_hots(),
                 "week_of_year_sin": np.sin(angle),
                 "week_of_year_cos": np.cos(angle),
                 "horizon_progress": self.week / self.scenario.horizon_weeks,
             },
         )
+
+    def _static_one_hots(self) -> dict[str, np.ndarray]:
+        """The one-hot groups of what never changes (the attributes, and the segment where a
+        scenario observes it), built once (at 100,000 customers, rebuilding them every week
+        took 2 of the 9 ms of an observation)."""
+        if self._static_features is None:
+            static = {
+                name: one_hot(self.attributes[:, k], len(attribute.members))
+                for k, (name, attribute) in enumerate(self.scenario.attributes.items())
+            }
+            if self.scenario.segment_observed:
+                static["segment"] = one_hot(self.segment, self.tables.n_segments)
+            self._static_features = static
+        return self._static_features
 
     @property
     def week_of_year(self) -> int:
