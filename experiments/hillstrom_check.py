@@ -36,7 +36,7 @@ from cvm_rl.calibration.email_experiment import (
 )
 from cvm_rl.calibration.response import ANY_EMAIL, CONTROL, ResponseFit, fit_email_response
 from cvm_rl.datasets import hillstrom_email
-from simulator.config import load_scenario
+from simulator.config import Scenario, load_scenario
 
 PUBLISHED = {
     "No E-Mail": {"conversion": 0.0057, "spend": 0.65},
@@ -67,10 +67,11 @@ def design(args: Args) -> EmailExperiment:
     )
 
 
-def fit_response_both_ways(args: Args, fit: ResponseFit) -> dict[str, dict[str, float]]:
+def fit_response_both_ways(
+    args: Args, scenario: Scenario, fit: ResponseFit
+) -> dict[str, dict[str, float]]:
     """channels.email.response reproducing the data's absolute and relative conversion
     uplift (estimate and the ends of its 95 % interval), from the scenario as shipped."""
-    scenario = load_scenario(args.scenario)
     data = fit.uplift(ANY_EMAIL)
     out: dict[str, dict[str, float]] = {}
     for moment in MOMENTS:
@@ -98,6 +99,7 @@ def _overlap(a: Any, b: Any) -> bool:
 
 def report(
     args: Args,
+    scenario: Scenario,
     fit: ResponseFit,
     sim: SimulatedExperiment,
     fitted: dict[str, dict[str, float]],
@@ -168,7 +170,7 @@ def report(
                 f"| {c.name} | {c.estimate:.4f} | {c.std_error:.4f} | [{c.low:.4f}, {c.high:.4f}] |"
             )
     hurt = fit.hurt()
-    fitted_from = load_scenario(args.scenario).channels["email"].response
+    fitted_from = scenario.channels["email"].response
     lines += [
         "",
         f"Share of customers whom email hurts (model-based, {fit.n_bootstrap} parametric "
@@ -218,7 +220,7 @@ def report(
         f"- {sim.email_refused} customers randomized to email were not sent one by the "
         "environment (they stay in the email arm: intention to treat).",
         "- Share of customers whom a contact hurts in the simulator: the sleeping dogs "
-        f"({100 * load_scenario(args.scenario).segments['sleeping_dogs'].share:.3g} % of "
+        f"({100 * scenario.segments['sleeping_dogs'].share:.3g} % of "
         "customers), inside what the data allow (above).",
         "- Still assumptions after this check: the discount offers' uplifts relative to a plain "
         "message, and their pull-forward (Hillstrom's emails had no discount), the other "
@@ -248,7 +250,7 @@ def report(
         f"Ratio of the relative uplifts, newbies over others: data "
         f"{_ci(fit.newbie_uplift_ratio)}; the scenario's `contact_response."
         f"new_customer_multiplier` is "
-        f"{load_scenario(args.scenario).contact_response.new_customer_multiplier:.4g}.",
+        f"{scenario.contact_response.new_customer_multiplier:.4g}.",
     ]
     return "\n".join(lines)
 
@@ -260,9 +262,9 @@ def main(args: Args) -> dict[str, Any]:
     fit = fit_email_response(hillstrom_email(), seed=args.seed, n_bootstrap=args.n_bootstrap)
     scenario = load_scenario(args.scenario)
     sim = simulate_email_experiment(scenario, design(args))
-    fitted = fit_response_both_ways(args, fit)
+    fitted = fit_response_both_ways(args, scenario, fit)
     seconds = time.perf_counter() - start
-    text = report(args, fit, sim, fitted, seconds)
+    text = report(args, scenario, fit, sim, fitted, seconds)
     print(text)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
