@@ -24,6 +24,7 @@ from cvm_rl.cli.common import CliError, HelpFormatter
 COMMANDS: tuple[str, ...] = (
     "demo",
     "train",
+    "sweep",
     "evaluate",
     "calibrate",
     "calibrate_response",
