@@ -25,6 +25,7 @@ from cvm_rl.logs.store import (
     EventConflict,
     LogBusy,
     OutcomeRecord,
+    PreparedBatch,
     StoredDecision,
 )
 
@@ -45,15 +46,19 @@ class LogWriter:
 
     def __init__(self, decision_log: DecisionLog) -> None:
         self.log = decision_log
-        self._decisions: _Queue[DecisionBatch, dict[str, StoredDecision]] = deque()
+        self._decisions: _Queue[PreparedBatch, dict[str, StoredDecision]] = deque()
         self._outcomes: _Queue[list[OutcomeRecord], tuple[int, int]] = deque()
         self._flush_handle: asyncio.Handle | None = None
         self._leading = False  # a request is letting the loop turn before it writes
 
     async def insert(self, batch: DecisionBatch) -> dict[str, StoredDecision]:
         """Store ``batch``; returns the stored decisions of replayed ids (see
-        :meth:`DecisionLog.insert_decisions`), or raises its :class:`EventConflict`."""
-        return await self._queue(self._decisions, batch)
+        :meth:`DecisionLog.insert_decisions`), or raises its :class:`EventConflict` (or the
+        ValueError of a batch that fails its check, before anything is queued).
+
+        The rows are built here, once: a write the log makes wait (another process holds
+        its lock) tries again with them as they are."""
+        return await self._queue(self._decisions, PreparedBatch.of(batch))
 
     async def record_outcomes(self, outcomes: list[OutcomeRecord]) -> tuple[int, int]:
         """Store ``outcomes`` atomically; ``(recorded, duplicates)`` as

@@ -1,6 +1,6 @@
 """The serving hot paths give what the general code they shortcut gives: the flat decision
-rows, the single-row draw, the leader's group commit, the lazily restored busy timeout and the
-BLAS thread setting."""
+rows, the single-row draw, the leader's group commit, the rows built once for a write that
+waits out a busy log, the lazily restored busy timeout and the BLAS thread setting."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ import pytest
 from log_fixtures import make_batch
 
 from cvm_rl.logs.schema import DECISION_COLUMNS
-from cvm_rl.logs.store import DecisionBatch, DecisionLog, ModelRecord, StoredDecision
+from cvm_rl.logs.store import (
+    DecisionBatch,
+    DecisionLog,
+    ModelRecord,
+    PreparedBatch,
+    StoredDecision,
+)
 from cvm_rl.policies.base import explored
 from server import blas
 from server.model import ServingModel, hash_uniforms
@@ -173,6 +179,88 @@ def test_a_cancelled_leader_still_writes_the_others(tmp_path: Path) -> None:
             assert log.count() == 2
 
     asyncio.run(main())
+
+
+def _table_rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    db = sqlite3.connect(path)
+    try:
+        return {
+            t: db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+            for t in ("requests", "decisions")
+        }
+    finally:
+        db.close()
+
+
+def test_prepared_batches_store_what_batches_store(tmp_path: Path) -> None:
+    """Group commits of prepared batches (the writer's) and of plain ones (any other caller)
+    leave the same rows and give the same answers, replays and conflicts included."""
+    groups = [
+        [batch(["a", "b"]), batch(["c"], seed=1, baseline=False)],
+        [batch(["d"], seed=2), batch(["a", "e"])],  # "a" replayed as it was: returned
+        [batch(["b"], seed=3)],  # "b" with other inputs: a conflict in its place
+    ]
+    answers = {}
+    for prepared in (False, True):
+        path = tmp_path / f"{prepared}.db"
+        with DecisionLog(path) as log:
+            log.activate(
+                MODEL, learning_mode="online", exploration="policy", exploration_param=0.0,
+                reason="start",
+            )  # fmt: skip
+            answers[prepared] = [
+                [
+                    {e: repr(d) for e, d in r.items()} if isinstance(r, dict) else r.event_ids
+                    for r in log.insert_decision_batches(
+                        [PreparedBatch.of(b) if prepared else b for b in group], wait=False
+                    )
+                ]
+                for group in groups
+            ]
+    assert answers[True] == answers[False]
+    assert list(answers[True][1][1]) == ["a"] and answers[True][2] == [["b"]]
+    assert _table_rows(tmp_path / "True.db") == _table_rows(tmp_path / "False.db")
+
+
+def test_a_write_that_waits_out_a_busy_log_builds_its_rows_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = []
+    flat_rows = DecisionBatch.flat_rows
+
+    def counting(self: DecisionBatch, request: int, indices: object = None) -> list[object]:
+        built.append(self.event_ids[0])
+        return flat_rows(self, request, indices)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DecisionBatch, "flat_rows", counting)
+
+    async def main() -> None:
+        with DecisionLog(tmp_path / "log.db") as log:
+            log.activate(
+                MODEL, learning_mode="online", exploration="policy", exploration_param=0.0,
+                reason="start",
+            )  # fmt: skip
+            other = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            writer = LogWriter(log)
+            first = asyncio.ensure_future(writer.insert(batch(["x"])))
+            await asyncio.sleep(0.02)  # several tries meanwhile, each refused
+            second = asyncio.ensure_future(writer.insert(batch(["y"], seed=1)))
+            await asyncio.sleep(0.02)
+            assert not first.done() and not second.done()
+            other.execute("COMMIT")
+            other.close()
+            assert await first == {} and await second == {}
+            assert log.count() == 2
+            # A batch that fails its check fails its own caller only, before it is queued.
+            bad = batch(["z"], seed=2)
+            bad.propensity = np.full(1, 2.0)
+            with pytest.raises(ValueError, match="propensity"):
+                await writer.insert(bad)
+            assert await writer.insert(batch(["w"], seed=3)) == {}
+
+    asyncio.run(main())
+    assert built == ["x", "y", "w"]
 
 
 def test_the_busy_timeout_is_back_before_anything_that_waits(tmp_path: Path) -> None:

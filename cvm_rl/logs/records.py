@@ -2,6 +2,7 @@
 
 :class:`ModelRecord` (a row of ``models``), :class:`Activation` (of ``activations``),
 :class:`DecisionBatch` (the decisions of one request, as columns: what a writer stores),
+:class:`PreparedBatch` (a checked batch with its rows built),
 :class:`StoredDecision` (one stored decision with its features, eligibility and probabilities
 already sliced out of its request) and :class:`OutcomeRecord` (a row of ``outcomes``). The
 tables and columns are documented in :mod:`cvm_rl.logs.schema`.
@@ -211,6 +212,24 @@ class DecisionBatch:
         if indices is None:
             return flat
         return [value for i in indices for value in flat[i * width : (i + 1) * width]]
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A checked :class:`DecisionBatch` with its ``requests`` row and its flat ``decisions``
+    rows built (:meth:`DecisionBatch.request_row`, :meth:`DecisionBatch.flat_rows`, whose
+    ``request`` column the store fills in): built once when a serving process queues the
+    batch, however often a busy log makes its write try again."""
+
+    batch: DecisionBatch
+    request_row: tuple[Any, ...]
+    flat: list[Any]
+
+    @classmethod
+    def of(cls, batch: DecisionBatch) -> PreparedBatch:
+        """Check ``batch`` (a ValueError names the field) and build its rows."""
+        batch.check()
+        return cls(batch, batch.request_row(), batch.flat_rows(0))
 
 
 _COLUMNS = (

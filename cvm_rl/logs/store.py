@@ -30,6 +30,7 @@ from cvm_rl.logs.records import (
     LogBusy,
     ModelRecord,
     OutcomeRecord,
+    PreparedBatch,
     StoredDecision,
     UnknownEvents,
     mention,
@@ -304,7 +305,7 @@ class DecisionLog:
         return result
 
     def insert_decision_batches(
-        self, batches: Sequence[DecisionBatch], *, wait: bool = True
+        self, batches: Sequence[DecisionBatch | PreparedBatch], *, wait: bool = True
     ) -> list[dict[str, StoredDecision] | EventConflict]:
         """Group commit: store several batches (e.g. of concurrent requests) in one
         transaction when none of them replays an event id; otherwise each on its own, with
@@ -313,25 +314,25 @@ class DecisionLog:
 
         ``wait=False``: when another connection (another serving process) holds the write
         lock, raise :class:`LogBusy` at once, having written nothing, instead of sleeping
-        in SQLite's busy handler (whose first sleep is a whole millisecond)."""
-        for batch in batches:
-            batch.check()
-        ids = [e for batch in batches for e in batch.event_ids]
+        in SQLite's busy handler (whose first sleep is a whole millisecond). A caller that
+        tries again passes :class:`PreparedBatch` objects, so that a try costs the lock's
+        check, not a rebuild of every row."""
         # The rows are built before the write lock is taken: another serving process waits
         # for SQLite's own work only.
-        prepared = [(batch.request_row(), batch.flat_rows(0)) for batch in batches]
+        prepared = [b if isinstance(b, PreparedBatch) else PreparedBatch.of(b) for b in batches]
+        ids = [e for p in prepared for e in p.batch.event_ids]
         with self._lock:
             tx = self._write_transaction(wait)
             if len(set(ids)) == len(ids):
                 with tx:
-                    inserted = sum(self._insert_rows(row, flat) for row, flat in prepared)
+                    inserted = sum(self._insert_rows(p.request_row, p.flat) for p in prepared)
                     if inserted == len(ids):
-                        return [{} for _ in batches]
+                        return [{} for _ in prepared]
                     tx.rollback()
             elif not wait:
                 tx.rollback()  # begun already: give the lock back
             # Replays (or ids shared between batches) are rare: one transaction per batch.
-            return [self._insert_with_replays(batch) for batch in batches]
+            return [self._insert_with_replays(p.batch) for p in prepared]
 
     def _insert_with_replays(
         self, batch: DecisionBatch
