@@ -50,6 +50,7 @@ from cvm_rl.policies.baselines import NoContactPolicy, RandomPolicy, Rule, RuleB
 from cvm_rl.policies.features import FeatureTransform
 from cvm_rl.policies.greedy import GreedyUpliftPolicy
 from cvm_rl.policies.mlp import MLPPolicy
+from cvm_rl.policies.planner import CLVPlannerPolicy
 from simulator.config import Scenario, ScenarioError, scenario_from_mapping
 from simulator.core import observation_feature_names
 from simulator.observation import observation_features
@@ -240,6 +241,7 @@ register_policy_kind(
 register_policy_kind("random", RandomPolicy, save=lambda p: {}, load=_stateless(RandomPolicy))
 register_policy_kind("rules", RuleBasedPolicy, save=_save_rules, load=_load_rules)
 register_policy_kind("greedy_uplift", GreedyUpliftPolicy)
+register_policy_kind("clv_planner", CLVPlannerPolicy)
 
 
 def policy_kind(policy: Policy) -> PolicyKind:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from cvm_rl.policies.base import Policy
     from simulator.config import Scenario
 
-Family = Literal["baseline", "myopic", "long-run RL", "reference"]
+Family = Literal["baseline", "myopic", "planner", "long-run RL", "reference"]
 Trainer = Literal["bandit", "sb3"]
 
 
@@ -67,6 +67,21 @@ POLICIES: tuple[PolicySpec, ...] = (
         "myopic",
         "ridge uplift model of this week's reward, fitted on a randomized campaign (seed 0)",
         "cvm_rl.policies.greedy:GreedyUpliftPolicy",
+        reference=True,
+    ),
+    PolicySpec(
+        "clv_planner",
+        "planner",
+        "BG/NBD + Gamma-Gamma belief from observations, long-run value of each action with the "
+        "scenario's response (a perfect response model)",
+        "cvm_rl.policies.planner:CLVPlannerPolicy",
+        reference=True,
+    ),
+    PolicySpec(
+        "clv_planner_estimated",
+        "planner",
+        "the CLV planner with each action's uplift measured on a randomized campaign (seed 0)",
+        "cvm_rl.policies.planner:CLVPlannerPolicy",
         reference=True,
     ),
     PolicySpec(
@@ -141,8 +156,9 @@ ALGOS: tuple[str, ...] = (*BANDIT_ALGOS, *RL_ALGOS)
 """Names ``cvm train --algo`` learns."""
 
 GREEDY_FIT_SEED = 0
-"""The reference greedy model is fitted on a campaign drawn with training seed 0 (held-out
-seeds are 1000 and up), so it never sees the evaluation populations."""
+"""The reference greedy model and the estimated-response planner are fitted on a campaign
+drawn with training seed 0 (held-out seeds are 1000 and up), so they never see the
+evaluation populations."""
 
 
 def spec(name: str, allowed: tuple[str, ...] | None = None, *, what: str = "policy") -> PolicySpec:
@@ -189,5 +205,11 @@ def reference_policy(name: str, scenario: Scenario, *, seed: int | None = None) 
         if seed is not None:
             policy.seed(seed)
         return policy
+    if name == "clv_planner_estimated":
+        from cvm_rl.policies.planner import estimate_response
+
+        response = estimate_response(scenario, seed=GREEDY_FIT_SEED)
+        planner: Policy = cls(scenario, response=response, seed=seed)
+        return planner
     built: Policy = cls(scenario, seed=seed)
     return built

@@ -198,6 +198,25 @@ class StepResult:
     truncated: bool
 
 
+def prospect_week(
+    rate: np.ndarray, p: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A live prospect's week at purchase rate ``rate`` and per-purchase dropout ``p``: the
+    chance of a first purchase (free of dropout), the expected repeats after it (each with a
+    dropout chance, up to the one it happens on), the chance of ending the week a live
+    customer, and of ending it a prospect still."""
+    none = np.exp(-rate)
+    first = 1.0 - none
+    q = 1.0 - p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # E[min(N - 1, K); N >= 1] and P(survive the repeats; N >= 1), K ~ Geometric(p)
+        repeats = np.where(
+            q > 1e-9, ((1.0 - np.exp(-rate * p)) / p - first) / q, 1.0 - none - rate * none
+        )
+        lives = np.where(q > 1e-9, (np.exp(-rate * p) - none) / q, rate * none)
+    return first, repeats, lives, none
+
+
 @dataclass
 class Population:
     """State of N customers. Latent fields (``lam``, ``p_drop``, ``nu``, ``alive``,
@@ -522,7 +541,6 @@ class Population:
             debt -= repay
             p = self.p_drop * np.where(self.retention_left > w, self.retention_mult, 1.0)
             p = np.clip(p, 1e-12, 1.0)
-            q = 1.0 - p
             # Customers: purchases until the one on which they drop out.
             rate = np.maximum(base - repay, 0.0)
             survive = np.exp(-rate * p)
@@ -532,14 +550,7 @@ class Population:
             customer_dead += dying
             # Prospects: the first purchase is free of dropout, the repeats after it are not.
             rate = np.maximum(base * sc.acquisition.prospect_conversion - repay, 0.0)
-            none = np.exp(-rate)
-            first = 1.0 - none
-            with np.errstate(divide="ignore", invalid="ignore"):
-                # E[min(N - 1, K); N >= 1] and P(survive the repeats; N >= 1), K ~ Geometric(p)
-                repeats = np.where(
-                    q > 1e-9, ((1.0 - np.exp(-rate * p)) / p - first) / q, 1.0 - none - rate * none
-                )
-                lives = np.where(q > 1e-9, (np.exp(-rate * p) - none) / q, rate * none)
+            first, repeats, lives, none = prospect_week(rate, p)
             purchases += prospect_alive * (first + repeats)
             customer_alive += prospect_alive * lives
             customer_dead += prospect_alive * (first - lives)

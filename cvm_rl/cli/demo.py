@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[train] {name}: {result.seconds:.1f} s, bundle {out / name / 'bundle'}")
     evaluate_and_report(
         scenario_name="default",
-        policy_names=["no_contact", "random", "rules", "greedy", "oracle"],
+        policy_names=["no_contact", "random", "rules", "greedy", "clv_planner", "oracle"],
         bundle_paths=[str(out / name) for name in runs],
         customers=args.customers,
         seeds=seeds_from_args(args),
