@@ -3,7 +3,7 @@ that ``cvm train --help`` shows the defaults without importing the training stac
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -39,6 +39,13 @@ class TrainConfig(ConfigModel):
     adds each customer's residual value to the last week's reward and ends the episode
     there instead of bootstrapping the critic at the cut (see
     :class:`~simulator.sb3.CustomerLifecycleSB3VecEnv`): RL then optimizes the long-run value.
+    ``shaping`` adds potential-based shaping with the CLV planner's posterior long-run value
+    of the customer (from observations): it credits retention in the week it happens and
+    leaves every policy's ranking unchanged (each return moves by minus the first week's
+    potential). ``expected_rewards`` trains on each customer's expected net margin of the
+    week given the latent state instead of the sampled one (less noise; the policy still sees
+    observations only). ``warm_start`` clones a teacher's decisions (``rules`` or the
+    ``clv_planner``) into the policy before RL starts (PPO and MaskablePPO).
     """
 
     algo: str = "maskable_ppo"
@@ -57,6 +64,9 @@ class TrainConfig(ConfigModel):
     no_contact_prior: float = 4.0
     optout_cost: float = 0.0
     terminal_value: bool = False
+    shaping: bool = False
+    expected_rewards: bool = False
+    warm_start: Literal["none", "rules", "clv_planner"] = "none"
     policy_kwargs: dict[str, Any] = Field(default_factory=dict)
     bandit_kwargs: dict[str, Any] = Field(default_factory=dict)
     torch_threads: int = 1
@@ -74,6 +84,14 @@ class TrainConfig(ConfigModel):
     def _positive(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{info.field_name} must be a positive integer, got {value!r}")
+        return value
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start(cls, value: str, info: ValidationInfo) -> str:
+        algo = info.data.get("algo")
+        if value != "none" and algo not in ("ppo", "maskable_ppo"):
+            raise ValueError(f"a warm start needs algo 'ppo' or 'maskable_ppo', not {algo!r}")
         return value
 
     @field_validator("gamma")

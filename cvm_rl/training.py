@@ -26,6 +26,7 @@ import csv
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from cvm_rl.policies.bandits import LinearBandit
 from cvm_rl.policies.base import Policy
 from cvm_rl.policies.features import FeatureTransform
 from cvm_rl.policies.mlp import MLPPolicy
+from cvm_rl.policies.planner import CLVPlannerPolicy
 from cvm_rl.registry import BANDIT_ALGOS, policy_class
 from cvm_rl.registry import sb3_algorithm as sb3_algorithm_class
 from cvm_rl.rollout import rollout
@@ -67,26 +69,67 @@ def _vec_env_wrapper() -> type:
 
     class _Scaled(VecEnvWrapper):
         """Applies the fixed :class:`FeatureTransform` to observations (also the
-        ``terminal_observation`` SB3 bootstraps from) and passes the action masks through."""
+        ``terminal_observation`` SB3 bootstraps from), passes the action masks through, and
+        shapes the training reward (opt-out charge, potential-based shaping)."""
 
-        def __init__(self, venv: Any, transform: FeatureTransform, optout_cost: float) -> None:
+        def __init__(
+            self,
+            venv: Any,
+            transform: FeatureTransform,
+            optout_cost: float,
+            potential: Callable[[np.ndarray], np.ndarray] | None,
+            gamma: float,
+            expected_rewards: bool = False,
+        ) -> None:
             dim = venv.observation_space.shape[0]
             space = gym.spaces.Box(-1.0, 1.0, (dim,), np.float32)
             super().__init__(venv, observation_space=space)
             self.transform = transform
             self.optout_cost = optout_cost
+            self.potential = potential
+            self.gamma = gamma
+            self.expected_rewards = expected_rewards
+            self._last_potential: np.ndarray | None = None
+            self._expected: tuple[np.ndarray, np.ndarray] | None = None
 
         def _scale(self, obs: Any) -> np.ndarray:
             return self.transform.scaled(obs).astype(np.float32)
 
         def reset(self) -> np.ndarray:
-            return self._scale(self.venv.reset())
+            obs: Any = self.venv.reset()
+            if self.potential is not None:
+                self._last_potential = self.potential(obs)
+            return self._scale(obs)
+
+        def step_async(self, actions: np.ndarray) -> None:
+            if self.expected_rewards:
+                adapter: Any = self.venv  # a CustomerLifecycleSB3VecEnv
+                self._expected = expected_week_rewards(adapter.venv.population, actions)
+            self.venv.step_async(actions)
 
         def step_wait(self) -> Any:
-            obs, reward, done, infos = self.venv.step_wait()
+            venv: Any = self.venv  # the native env's adapter (or a wrapper of it)
+            obs, reward, done, infos = venv.step_wait()
+            if self._expected is not None:
+                # The week's expected net margin given the latent state replaces the draw;
+                # the residual value added at the horizon stays (it is an expectation too).
+                rows, expected = self._expected
+                info = venv.last_info
+                sampled = info["margin"] - info["discount_cost"] - info["contact_cost"]
+                reward = reward.copy()
+                reward[rows] += expected - sampled[rows]
+                self._expected = None
             if self.optout_cost:
-                venv: Any = self.venv
                 reward = reward - self.optout_cost * venv.last_info["opted_out"]
+            if self.potential is not None:
+                # F = gamma * phi(s') - phi(s), with phi = 0 once the episode is over: every
+                # policy's return moves by -phi(s0), so the ranking of policies is unchanged.
+                assert self._last_potential is not None
+                potential = self.potential(obs)
+                after = np.where(done, 0.0, self.gamma * potential)
+                reward = (reward + after - self._last_potential).astype(np.float32)
+                # After a same-step reset, obs is the next episode's first observation.
+                self._last_potential = potential
             for info in infos:
                 if "terminal_observation" in info:
                     terminal = info["terminal_observation"][None]
@@ -100,10 +143,38 @@ def _vec_env_wrapper() -> type:
     return _Scaled
 
 
-def ScaledObservations(venv: Any, transform: FeatureTransform, optout_cost: float = 0.0) -> Any:
-    """SB3 ``VecEnvWrapper`` feeding scaled features (SB3 is imported only when used) and,
-    with ``optout_cost``, charging that much in the training reward per opt-out."""
-    return _vec_env_wrapper()(venv, transform, optout_cost)
+def ScaledObservations(
+    venv: Any,
+    transform: FeatureTransform,
+    optout_cost: float = 0.0,
+    *,
+    potential: Callable[[np.ndarray], np.ndarray] | None = None,
+    gamma: float = 1.0,
+    expected_rewards: bool = False,
+) -> Any:
+    """SB3 ``VecEnvWrapper`` feeding scaled features (SB3 is imported only when used); with
+    ``optout_cost``, charging that much in the training reward per opt-out; with
+    ``potential`` (a function of raw observations), adding the potential-based shaping
+    ``gamma * potential(s') - potential(s)`` (Ng, Harada and Russell 1999); with
+    ``expected_rewards`` (``venv`` a :class:`~simulator.sb3.CustomerLifecycleSB3VecEnv`),
+    training on each present customer's expected net margin of the week given the latent
+    state instead of the sampled one (the policy still sees observations only)."""
+    return _vec_env_wrapper()(venv, transform, optout_cost, potential, gamma, expected_rewards)
+
+
+def expected_week_rewards(population: Any, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, values): the present customers and the expected net margin of this week under
+    ``actions`` (masked ones executed as no contact) from the latent state."""
+    from cvm_rl.policies.lifecycle_value import Horizon, plan_values
+    from cvm_rl.policies.oracle import latent_belief
+
+    rows = np.flatnonzero(population.present)
+    executed = np.where(population.action_mask()[rows, actions[rows]], actions[rows], 0)
+    week = Horizon(week_of_year=population.week_of_year, weeks_left=1)
+    values = plan_values(
+        latent_belief(population, rows), population.scenario, population.tables, week
+    )
+    return rows, values[np.arange(rows.size), executed]
 
 
 def make_training_env(config: TrainConfig, scenario: Scenario) -> Any:
@@ -115,7 +186,15 @@ def make_training_env(config: TrainConfig, scenario: Scenario) -> Any:
     env = CustomerLifecycleSB3VecEnv(
         config.n_envs, scenario, seed=config.seed, terminal_value=config.terminal_value
     )
-    scaled = ScaledObservations(env, FeatureTransform.from_scenario(scenario), config.optout_cost)
+    potential = CLVPlannerPolicy(scenario).customer_value if config.shaping else None
+    scaled = ScaledObservations(
+        env,
+        FeatureTransform.from_scenario(scenario),
+        config.optout_cost,
+        potential=potential,
+        gamma=config.gamma,
+        expected_rewards=config.expected_rewards,
+    )
     return VecNormalize(scaled, norm_obs=False, norm_reward=True, gamma=config.gamma)
 
 
@@ -314,6 +393,8 @@ def _train_rl(
     env = make_training_env(config, scenario)
     tensorboard = str(out / "tensorboard") if out is not None else None
     model = build_model(config, env, tensorboard)
+    if config.warm_start != "none":
+        clone_policy(model, config, scenario)
     curve: list[tuple[int, float]] = []
     model.learn(
         total_timesteps=config.steps,
@@ -328,6 +409,50 @@ def _train_rl(
     steps = np.array([s for s, _ in curve], dtype=np.int64)
     values = np.array([v for _, v in curve])
     return policy, steps, values
+
+
+WARM_START_CUSTOMERS = 10_000
+"""Customers of the population whose year of a teacher's decisions a warm start clones."""
+
+
+def clone_policy(model: Any, config: TrainConfig, scenario: Scenario, epochs: int = 3) -> float:
+    """Behaviour cloning before RL: the SB3 policy's action distribution is fitted (cross
+    entropy, the eligibility mask applied as in training) to the decisions of the teacher
+    ``config.warm_start`` (``rules`` or ``clv_planner``) over one year of a population of its
+    own seed; returns the final epoch's mean loss. PPO then starts from the teacher."""
+    import torch
+
+    from cvm_rl.registry import reference_policy
+
+    teacher = reference_policy(config.warm_start, scenario, seed=config.seed)
+    transform = FeatureTransform.from_scenario(scenario)
+    obs, masks, actions = [], [], []
+    seed = int(np.random.SeedSequence([config.seed, 0x3A7]).generate_state(1)[0])
+    for t in rollout(teacher, scenario, n_customers=WARM_START_CUSTOMERS, seed=seed):
+        obs.append(transform.scaled(t.obs).astype(np.float32))
+        masks.append(t.mask)
+        actions.append(t.decisions.actions)
+    x = torch.as_tensor(np.concatenate(obs))
+    m = np.concatenate(masks)
+    a = torch.as_tensor(np.concatenate(actions))
+    policy = model.policy
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_value = float("nan")
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        losses = []
+        for start in range(0, len(x), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            kwargs = {"action_masks": m[batch.numpy()]} if config.algo == "maskable_ppo" else {}
+            distribution = policy.get_distribution(x[batch], **kwargs)
+            loss = -distribution.log_prob(a[batch]).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        loss_value = float(np.mean(losses))
+    return loss_value
 
 
 def _write_run(result: TrainResult, scenario: Scenario) -> None:

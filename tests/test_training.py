@@ -106,6 +106,30 @@ def test_no_contact_prior_starts_near_the_do_nothing_campaign(
     assert share > 0.5  # the real initialization keeps the prior's effect
 
 
+def test_a_warm_start_clones_the_teacher(
+    observations: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behaviour cloning from the rules makes the fresh policy decide as they do on customers
+    it was not cloned on (a fresh network mostly does not contact at all)."""
+    from cvm_rl import training
+    from cvm_rl.policies import RuleBasedPolicy
+    from cvm_rl.policies.mlp import MLPPolicy
+
+    monkeypatch.setattr(training, "WARM_START_CUSTOMERS", 1_000)
+    obs, mask = observations
+    rules = RuleBasedPolicy(SCENARIO).action_probabilities(obs, mask).argmax(axis=1)
+    config = TrainConfig(algo="maskable_ppo", warm_start="rules", **TINY)
+    model = training.build_model(config, training.make_training_env(config, SCENARIO))
+    before = MLPPolicy.from_sb3(model, SCENARIO).action_probabilities(obs, mask).argmax(axis=1)
+    loss = training.clone_policy(model, config, SCENARIO, epochs=8)
+    after = MLPPolicy.from_sb3(model, SCENARIO).action_probabilities(obs, mask).argmax(axis=1)
+    assert np.isfinite(loss)
+    contacted = rules > 0
+    assert contacted.sum() > 50
+    assert (before[contacted] == rules[contacted]).mean() < 0.2
+    assert (after == rules).mean() > 0.9 and (after[contacted] == rules[contacted]).mean() > 0.8
+
+
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
@@ -119,6 +143,8 @@ def test_no_contact_prior_starts_near_the_do_nothing_campaign(
         ({"net_arch": []}, "net_arch must list positive layer widths"),
         ({"validation_every": 0}, "validation_every must be a positive integer"),
         ({"optout_cost": -2.0}, "optout_cost must be >= 0"),
+        ({"algo": "linucb", "warm_start": "rules"}, "a warm start needs algo 'ppo'"),
+        ({"warm_start": "oracle"}, "warm_start"),
     ],
 )
 def test_bad_training_config_names_the_field(changes: dict, match: str) -> None:

@@ -65,6 +65,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="RL: add each customer's residual value at the horizon to the last reward and end "
         "the episode there (train on the long-run value; default: bootstrap the critic)",
     )
+    parser.add_argument(
+        "--shaping",
+        action="store_true",
+        default=None,
+        help="RL: potential-based reward shaping with the CLV planner's posterior long-run "
+        "value of each customer (leaves the optimal policy unchanged)",
+    )
+    parser.add_argument(
+        "--expected-rewards",
+        action="store_true",
+        default=None,
+        help="RL: train on each customer-week's expected net margin given the latent state "
+        "instead of the sampled one (the policy still sees observations only)",
+    )
+    parser.add_argument(
+        "--warm-start",
+        choices=["none", "rules", "clv_planner"],
+        help="PPO: clone this teacher's decisions into the policy before RL (default: none)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -78,7 +97,13 @@ def run(args: argparse.Namespace) -> int:
     with needs_extra("plots", "train"):
         from cvm_rl.plots import plot_learning_curves
 
-    names = [name for name, _, _ in TRAIN_OPTIONS] + ["net_arch", "terminal_value"]
+    names = [name for name, _, _ in TRAIN_OPTIONS] + [
+        "net_arch",
+        "terminal_value",
+        "shaping",
+        "expected_rewards",
+        "warm_start",
+    ]
     values = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     try:
         config = TrainConfig(algo=args.algo, scenario=args.scenario, seed=args.seed, **values)
