@@ -32,6 +32,7 @@ COMMANDS: tuple[str, ...] = (
     "logs",
     "ope",
     "serve",
+    "loop",
 )
 """Command modules of this package, in the order ``cvm --help`` lists them."""
 
