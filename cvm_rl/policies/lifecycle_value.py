@@ -70,6 +70,10 @@ class CustomerBelief:
     def n(self) -> int:
         return int(self.purchase_rate.shape[0])
 
+    def subset(self, rows: np.ndarray) -> CustomerBelief:
+        """The belief about the customers ``rows`` only (in that order)."""
+        return CustomerBelief(**{name: value[rows] for name, value in vars(self).items()})
+
 
 @dataclass(frozen=True)
 class Horizon:

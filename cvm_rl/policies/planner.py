@@ -204,7 +204,7 @@ class CLVPlannerPolicy(Policy):
                 residual_weeks=self.residual_weeks,
                 residual_weekly_discount=RESIDUAL_WEEKLY_DISCOUNT,
             )
-            per_segment = value(_select(belief, stacked), horizon)
+            per_segment = value(belief.subset(stacked), horizon)
             per_segment = per_segment.reshape(rows.size, n_segments, -1)
             if values is None:
                 values = np.zeros((n, per_segment.shape[2]))
@@ -363,10 +363,6 @@ class CLVPlannerPolicy(Policy):
         if unknown:
             raise ValueError(f"state: unknown keys {sorted(unknown)} for a CLV planner")
         return cls(scenario, response=response, seed=seed, **state)
-
-
-def _select(belief: CustomerBelief, rows: np.ndarray) -> CustomerBelief:
-    return CustomerBelief(**{k: v[rows] for k, v in vars(belief).items()})
 
 
 def _bgnbd_log_likelihood(
