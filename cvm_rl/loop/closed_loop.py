@@ -287,33 +287,19 @@ def response_from_log(
     prior_weeks: float = 200.0,
 ) -> ResponseEstimate:
     """Each action's uplift of the week's purchase rate over no contact, for new and
-    established customers (prospects left out), from logged decisions: per (action, group)
-    the self-normalized inverse-propensity rate of purchase among the rows that chose it,
-    shrunk towards no contact's rate by ``prior_weeks`` pseudo customer-weeks (an action seen
-    in few rows keeps an uplift near 0). ``purchased`` (N,): whether the week had a purchase
-    (a reported outcome's ``purchase``), standing for the week's purchases."""
-    from cvm_rl.policies.planner import ResponseEstimate
+    established customers, from the logged decisions and their propensities
+    (:func:`~cvm_rl.policies.planner.response_from_decisions`), shrunk towards no uplift by
+    ``prior_weeks`` pseudo customer-weeks. ``purchased`` (N,): whether the week had a
+    purchase (a reported outcome's ``purchase``), standing for the week's purchases."""
+    from cvm_rl.policies.planner import response_from_decisions
+    from simulator.observation import observation_feature_names
 
-    obs, data = decisions.data.obs, decisions.data
-    index = {name: i for i, name in enumerate(decisions.feature_names)}
-    n_actions = len(decisions.action_names)
-    customer = obs[:, index["stage_prospect"]] < 0.5
-    new = obs[:, index["tenure_weeks"]] < scenario.contact_response.new_customer_weeks
-    cell = (data.actions * 2 + new.astype(np.int64))[customer]  # column 1: new (planner.NEW)
-    weight = 1.0 / data.propensities[customer]
-    y = np.asarray(purchased, dtype=np.float64)[customer]
-    size = n_actions * 2
-    rows = np.bincount(cell, minlength=size).reshape(-1, 2).astype(np.float64)
-    w = np.bincount(cell, weights=weight, minlength=size).reshape(-1, 2)
-    wy = np.bincount(cell, weights=weight * y, minlength=size).reshape(-1, 2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.where(w > 0, wy / w, 0.0)
-    base = rate[:1]
-    shrunk = (rows * rate + prior_weeks * base) / np.maximum(rows + prior_weeks, 1e-12)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lift = np.where((rows > 0) & (base > 0), shrunk / base - 1.0, 0.0)
-    lift[0] = 0.0
-    return ResponseEstimate(lift=lift, orders=rows)
+    if list(decisions.feature_names) != observation_feature_names(scenario):
+        raise ValueError("decisions: their features differ from the scenario's observation")
+    data = decisions.data
+    return response_from_decisions(
+        scenario, data.obs, data.actions, data.propensities, purchased, prior_weeks=prior_weeks
+    )
 
 
 def build_candidate(

@@ -48,6 +48,7 @@ from cvm_rl.policies.lifecycle_value import (
 )
 from simulator.config import Scenario
 from simulator.core import RESIDUAL_WEEKLY_DISCOUNT, RESIDUAL_WEEKS, Tables
+from simulator.observation import observation_feature_names
 
 NEW, ESTABLISHED = 1, 0
 """Columns of :attr:`ResponseEstimate.lift`: customers within ``new_customer_weeks`` of their
@@ -60,7 +61,7 @@ CAMPAIGN_STREAM = 0x5EED_CA
 class ResponseEstimate:
     """Uplift of a week's purchases per action (A, 2): ``lift[a, NEW]`` for new customers,
     ``lift[a, ESTABLISHED]`` for the others (row 0, no contact, is 0); ``orders[a, g]`` how
-    many customer-weeks of the campaign each came from."""
+    many logged customer-weeks each came from."""
 
     lift: np.ndarray
     orders: np.ndarray
@@ -81,34 +82,63 @@ def estimate_response(
     no_contact_share: float = 0.5,
     seed: int = 0,
 ) -> ResponseEstimate:
-    """Run a randomized campaign in the simulator and measure each action's uplift of the
-    week's purchases against no contact, for new and established customers: every week each
-    customer gets no contact with probability ``no_contact_share``, else a uniform eligible
-    contact (:class:`~cvm_rl.policies.baselines.ExplorationPolicy`, drawing from a stream of
-    its own). Prospects are left out; an action nobody received keeps uplift 0."""
+    """Run a randomized campaign in the simulator and measure each action's uplift with
+    :func:`response_from_decisions`: every week each customer gets no contact with
+    probability ``no_contact_share``, else a uniform eligible contact
+    (:class:`~cvm_rl.policies.baselines.ExplorationPolicy`, drawing from a stream of its own);
+    the outcome is the week's purchase count."""
     from cvm_rl.rollout import rollout  # rollout imports the policies package
 
-    tb = Tables.from_scenario(scenario)
     policy = ExplorationPolicy(scenario, no_contact_share=no_contact_share)
     policy.rng = np.random.default_rng([CAMPAIGN_STREAM, seed])
-    response = scenario.contact_response
-    purchases = np.zeros((tb.n_actions, 2))
-    weeks_seen = np.zeros((tb.n_actions, 2))
-    tenure = policy.feature_index["tenure_weeks"]
-    prospect = policy.feature_index["stage_prospect"]
+    obs, actions, propensities, purchases = [], [], [], []
     for t in rollout(policy, scenario, n_customers=n_customers, weeks=weeks, seed=seed):
-        customer = t.obs[:, prospect] == 0
-        group = (t.obs[:, tenure] < response.new_customer_weeks).astype(np.int64)
-        cell = t.executed[customer] * 2 + group[customer]
-        purchases += np.bincount(
-            cell, weights=t.next_info["purchases"][customer], minlength=tb.n_actions * 2
-        ).reshape(-1, 2)
-        weeks_seen += np.bincount(cell, minlength=tb.n_actions * 2).reshape(-1, 2)
-    rate = purchases / np.maximum(weeks_seen, 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lift = np.where((weeks_seen > 0) & (rate[:1] > 0), rate / rate[:1] - 1.0, 0.0)
+        obs.append(t.obs)
+        actions.append(t.executed)
+        propensities.append(t.decisions.propensities)
+        purchases.append(t.next_info["purchases"])
+    return response_from_decisions(
+        scenario,
+        np.concatenate(obs),
+        np.concatenate(actions),
+        np.concatenate(propensities),
+        np.concatenate(purchases),
+    )
+
+
+def response_from_decisions(
+    scenario: Scenario,
+    obs: np.ndarray,
+    actions: np.ndarray,
+    propensities: np.ndarray,
+    purchases: np.ndarray,
+    *,
+    prior_weeks: float = 0.0,
+) -> ResponseEstimate:
+    """Each action's uplift of the week's purchases over no contact, for new and established
+    customers (prospects left out), from logged decisions with their propensities: per
+    (action, group) the self-normalized inverse-propensity mean of ``purchases`` (a count or a
+    purchase flag) among the rows that took the action, shrunk towards no contact's mean by
+    ``prior_weeks`` pseudo customer-weeks (an action seen in few rows keeps an uplift near 0);
+    an action nobody took keeps uplift 0."""
+    names = observation_feature_names(scenario)
+    n_actions = scenario.n_actions
+    customer = obs[:, names.index("stage_prospect")] < 0.5
+    tenure = obs[:, names.index("tenure_weeks")]
+    new = tenure < scenario.contact_response.new_customer_weeks
+    cell = (np.asarray(actions, dtype=np.int64) * 2 + np.where(new, NEW, ESTABLISHED))[customer]
+    weight = 1.0 / np.asarray(propensities, dtype=np.float64)[customer]
+    outcome = np.asarray(purchases, dtype=np.float64)[customer]
+    size = n_actions * 2
+    rows = np.bincount(cell, minlength=size).reshape(-1, 2).astype(np.float64)
+    total_weight = np.bincount(cell, weights=weight, minlength=size).reshape(-1, 2)
+    weighted = np.bincount(cell, weights=weight * outcome, minlength=size).reshape(-1, 2)
+    rate = np.divide(weighted, total_weight, out=np.zeros_like(weighted), where=total_weight > 0)
+    base = rate[:1]
+    shrunk = (rows * rate + prior_weeks * base) / np.maximum(rows + prior_weeks, 1e-12)
+    lift = np.divide(shrunk, base, out=np.ones_like(shrunk), where=(rows > 0) & (base > 0)) - 1.0
     lift[0] = 0.0
-    return ResponseEstimate(lift=lift, orders=weeks_seen)
+    return ResponseEstimate(lift=lift, orders=rows)
 
 
 class CLVPlannerPolicy(Policy):
