@@ -23,6 +23,7 @@ from cvm_rl.logs.export import (
     LEGACY_MODELS_FILE,
     MODELS_FILE,
     MODELS_METADATA_KEY,
+    ExportSummary,
     export_parquet,
     read_export,
     read_models,
@@ -421,6 +422,64 @@ def test_export_into_a_directory_with_other_dates_keeps_them(
     assert set(read_models(out)) == {"random-sim", "a-1", "b-2", *load_ids(simulated.path)}
 
 
+def test_shards_of_several_logs_read_back_as_one_dataset(tmp_path: Path) -> None:
+    """One log per replica, each exported as its shard into one directory: the shards' rows
+    of a date sit side by side, and re-exporting a shard replaces its own files only."""
+    old = NOW - 10 * DAY_US
+    logs = {"r0": tmp_path / "r0.db", "r1": tmp_path / "r1.db"}
+    with DecisionLog(logs["r0"]) as log:
+        decide(log, MODEL_A, ["r0-a", "r0-b"], [old, old + 1])
+    with DecisionLog(logs["r1"]) as log:
+        decide(log, MODEL_A, ["r1-a", "r1-b"], [old + 2, old - DAY_US])
+        decide(log, MODEL_B, ["r1-c"], [old + 3])
+    out = tmp_path / "out"
+
+    def export(log: Path, out: Path, shard: str | None = None) -> ExportSummary:
+        return export_parquet(log, out, now_us=NOW, outcome_window_s=WINDOW_S, shard=shard)
+
+    # Without shards the second log's export replaces the first's partition of that date.
+    export(logs["r0"], out)
+    export(logs["r1"], out)
+    assert sorted(by_event(read_export(out))) == ["r1-a", "r1-b", "r1-c"]
+
+    shared = tmp_path / "shared"
+    summaries = {name: export(path, shared, name) for name, path in logs.items()}
+    assert [s.rows for s in summaries.values()] == [2, 3]
+    day = summaries["r0"].partitions[0]
+    assert sorted(p.name for p in (shared / f"date={day}").iterdir()) == [
+        "part-r0-0.parquet",
+        "part-r1-0.parquet",
+    ]
+    expected = ["r0-a", "r0-b", "r1-a", "r1-b", "r1-c"]
+    rows = by_event(read_export(shared))
+    assert sorted(rows) == expected
+    assert {rows[e]["model_id"] for e in expected} == {"a-1", "b-2"}
+    assert set(read_models(shared)) == {"a-1", "b-2"}
+    # A standard reader sees the same one dataset.
+    table = ds.dataset(shared, format="parquet", partitioning="hive").to_table()
+    assert sorted(table.column("event_id").to_pylist()) == expected
+
+    # Re-exporting shard r0 (an outcome came) replaces r0's rows, and only them; a stale file
+    # of r0 (an earlier export's extra file) goes, r1's files stay.
+    (shared / f"date={day}" / "part-r0-0.parquet").rename(
+        shared / f"date={day}" / "part-r0-7.parquet"
+    )
+    with DecisionLog(logs["r0"]) as log:
+        log.record_outcomes([OutcomeRecord("r0-a", 5.0)])
+    export(logs["r0"], shared, "r0")
+    rows = by_event(read_export(shared))
+    assert sorted(rows) == expected  # nothing doubled, nothing lost
+    assert rows["r0-a"]["reward"] == 5.0 and rows["r0-a"]["outcome_status"] == "reported"
+    assert not (shared / f"date={day}" / "part-r0-7.parquet").exists()
+
+
+@pytest.mark.parametrize("shard", ["", "_r0", ".r0", "r/0", "r 0", "x" * 65])
+def test_export_refuses_a_bad_shard_name(status_log: Path, tmp_path: Path, shard: str) -> None:
+    with pytest.raises(ValueError, match="is not a shard name"):
+        export_parquet(status_log, tmp_path / "out", shard=shard)
+    assert not (tmp_path / "out").exists()
+
+
 def load_ids(path: Path) -> list[str]:
     with DecisionLog(path) as log:
         return list(log.models())
@@ -509,6 +568,17 @@ def test_cli_simulate_and_export(
         == 0
     )
     assert "exported 120 decisions" in capsys.readouterr().out
+    # Two logs as two shards of one dataset.
+    shared = tmp_path / "shared"
+    for shard in ("r0", "r1"):
+        argv = ["logs", "export", "--log", str(log), "--out", str(shared), "--shard", shard]
+        assert main(argv) == 0
+        assert "exported 120 decisions" in capsys.readouterr().out
+    assert sorted(p.name for p in shared.glob("date=2026-01-05/*")) == [
+        "part-r0-0.parquet",
+        "part-r1-0.parquet",
+    ]
+    assert read_export(shared).num_rows == 240  # the same log twice: each decision twice
 
 
 @pytest.mark.parametrize(
@@ -516,6 +586,10 @@ def test_cli_simulate_and_export(
     [
         (["logs", "export", "--log", "{tmp}/missing.db", "--out", "{tmp}/o"], "--log: "),
         (["logs", "export", "--log", "{tmp}/text.db", "--out", "{tmp}/o"], "not a decision log"),
+        (
+            ["logs", "export", "--log", "{tmp}/text.db", "--out", "{tmp}/o", "--shard", "_r"],
+            "--shard: '_r' is not a shard name",
+        ),
         (["logs", "simulate", "--log", "{tmp}/l.db", "--policy", "nope"], "--policy: unknown"),
         (
             ["logs", "simulate", "--log", "{tmp}/l.db", "--policy", "random", "--weeks", "53"],

@@ -1,8 +1,9 @@
 """``cvm logs``: export a decision log to Parquet, prune what was exported, or write a
 simulated log.
 
-``cvm logs export --log PATH --out DIR`` joins decisions with their outcomes into a Parquet
-dataset partitioned by date, records the export in the log and prints a one-line summary;
+``cvm logs export --log PATH --out DIR [--shard NAME]`` joins decisions with their outcomes
+into a Parquet dataset partitioned by date (a shard per log when several logs share one
+``--out``), records the export in the log and prints a one-line summary;
 ``cvm logs prune --log PATH --before DATE [--dry-run]`` deletes the decisions decided before
 DATE (UTC) that an export holds with their final outcome, and refuses when some have not been
 exported; ``cvm logs simulate --log PATH (--policy NAME | --bundle DIR)`` runs a reference
@@ -58,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--include-pending",
         action="store_true",
         help="also export decisions still inside the outcome window (reward null)",
+    )
+    export.add_argument(
+        "--shard",
+        metavar="NAME",
+        help="this log's name among several exported into one --out (e.g. one log per "
+        "replica): its files are part-NAME-N.parquet, and only they are replaced",
     )
 
     prune = sub.add_parser(
@@ -143,9 +150,14 @@ def _run_prune(args: argparse.Namespace) -> int:
 
 def _run_export(args: argparse.Namespace) -> int:
     with needs_extra("export", "logs export"):
-        from cvm_rl.logs.export import export_parquet
+        from cvm_rl.logs.export import SHARD_PATTERN, export_parquet
     from cvm_rl.logs.records import DecisionLogError
 
+    if args.shard is not None and not SHARD_PATTERN.fullmatch(args.shard):
+        raise CliError(
+            f"--shard: {args.shard!r} is not a shard name (letters, digits, '_', '.', '-', "
+            "not first; at most 64 characters)"
+        )
     try:
         summary = export_parquet(
             args.log,
@@ -154,6 +166,7 @@ def _run_export(args: argparse.Namespace) -> int:
             default_reward=args.default_reward,
             include_pending=args.include_pending,
             record=True,
+            shard=args.shard,
         )
     except (FileNotFoundError, DecisionLogError) as exc:
         raise CliError(f"--log: {exc}") from None

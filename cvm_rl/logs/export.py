@@ -2,11 +2,12 @@
 with its outcome and with the model and settings that decided it.
 
 The output is a hive-partitioned dataset ``out_dir/date=YYYY-MM-DD/part-0.parquet`` (UTC
-date of the decision) plus the side file ``out_dir/_models.json`` (``model_id`` ->
-``feature_names``, ``action_names``, ``kind``, ``version``) so a reader knows what the
-``features`` and ``eligible`` lists mean. The same JSON is in each file's Parquet schema
-metadata under ``b"cvm_rl.models"``. The side file's leading ``_`` makes standard Parquet
-readers skip it, so the directory opens as a dataset as it is
+date of the decision; ``part-SHARD-0.parquet`` with a ``shard``, see below) plus the side
+file ``out_dir/_models.json`` (``model_id`` -> ``feature_names``, ``action_names``, ``kind``,
+``version``) so a reader knows what the ``features`` and ``eligible`` lists mean. The same
+JSON is in each file's Parquet schema metadata under ``b"cvm_rl.models"``. The side file's
+leading ``_`` makes standard Parquet readers skip it, so the directory opens as a dataset as
+it is
 (``pyarrow.dataset.dataset(out_dir, partitioning="hive")``, ``pyarrow.parquet.read_table``,
 ``pandas.read_parquet``); :func:`read_export` reads it back with this schema.
 
@@ -61,11 +62,22 @@ one chunk exists as Python objects at a time; the chunks stream into
 ``pyarrow.dataset.write_dataset``. With ``record=True`` (what ``cvm logs export`` does), once
 the files are written, one row is added to the log's ``exports`` table saying what the
 snapshot covered, which is what ``cvm logs prune`` may drop (:mod:`cvm_rl.logs.retention`).
+
+Several logs into one dataset (one log per replica of the service, :mod:`cvm_rl.loop.replicas`):
+export each with its own ``shard`` name (``cvm logs export --shard NAME``) into the same
+``out_dir``. A shard's files are ``date=D/part-SHARD-N.parquet``, and re-exporting a shard
+replaces only its own files of the dates it writes, so the shards' rows of one date sit side
+by side and the directory reads as one dataset. Event ids are unique per decision, so rows
+of different shards do not clash as long as each decision is made (and logged) by one replica.
+An export without a shard replaces whole date partitions, other shards' files included: in
+one directory, give every log a shard or none. Export the shards one after another (each
+merges its models into ``_models.json``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,6 +104,9 @@ MODELS_FILE = "_models.json"
 LEGACY_MODELS_FILE = "models.json"
 """Its name in exports of earlier versions (read as a fallback, replaced on re-export)."""
 MODELS_METADATA_KEY = b"cvm_rl.models"
+SHARD_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A shard name: letters, digits, ``_``, ``.``, ``-``, not first (a file whose name starts with
+``_`` or ``.`` is skipped by Parquet dataset discovery), at most 64 characters."""
 OUTCOME_STATUSES = values(OutcomeStatus)
 _US = pa.timestamp("us", tz="UTC")
 
@@ -312,6 +327,7 @@ def export_parquet(
     now_us: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
     record: bool = False,
+    shard: str | None = None,
 ) -> ExportSummary:
     """Write the decisions of ``log_path`` joined with their outcomes under ``out_dir``.
 
@@ -325,10 +341,23 @@ def export_parquet(
     log) with what its snapshot covered, so ``cvm logs prune`` may later drop those decisions
     (:mod:`cvm_rl.logs.retention`). The covered range is read inside the snapshot; it is
     written only after the export succeeded, so a failed export never counts as one.
+
+    ``shard``: this log's name among several exported into ``out_dir`` (e.g. one per replica;
+    :data:`SHARD_PATTERN`): its files are named after it, and only its own files of the dates
+    it writes are replaced (see the module docstring).
     """
+    if shard is not None and not SHARD_PATTERN.fullmatch(shard):
+        raise ValueError(
+            f"shard: {shard!r} is not a shard name (letters, digits, '_', '.', '-', not first; "
+            "at most 64 characters)"
+        )
     window = OutcomeWindow(outcome_window_s, default_reward, now_us)
     out = Path(out_dir)
     counts = _Counts()
+    written: set[Path] = set()
+    # A shard overwrites its own files (and drops its stale ones below), not other shards'.
+    basename = "part-{i}.parquet" if shard is None else f"part-{shard}-{{i}}.parquet"
+    existing = "delete_matching" if shard is None else "overwrite_or_ignore"
     with open_read_only(log_path) as reader, reader.snapshot():  # one snapshot for it all
         models = reader.models()
         covered = snapshot_coverage(reader.db, window.deadline_us)
@@ -353,12 +382,15 @@ def export_parquet(
                 schema=schema,
                 format="parquet",
                 partitioning=ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive"),
-                basename_template="part-{i}.parquet",
-                existing_data_behavior="delete_matching",
+                basename_template=basename,
+                existing_data_behavior=existing,
                 preserve_order=True,
+                file_visitor=lambda f: written.add(Path(f.path).resolve()),
             )
         except sqlite3.DatabaseError as exc:
             raise DecisionLogError(f"{log_path}: cannot read the decision log ({exc})") from None
+    if shard is not None:
+        _drop_stale_shard_files(out, shard, counts.dates, written)
     _write_models_json(out, models_json(models))
     mark = record_export(log_path, covered, counts.rows, out) if record else None
     return ExportSummary(
@@ -371,6 +403,16 @@ def export_parquet(
         out_dir=out,
         mark=mark,
     )
+
+
+def _drop_stale_shard_files(out: Path, shard: str, dates: set[str], written: set[Path]) -> None:
+    """Remove ``shard``'s files of ``dates`` that this export did not (over)write: what an
+    earlier export of the shard wrote in more files."""
+    mine = re.compile(rf"part-{re.escape(shard)}-\d+\.parquet")
+    for date in dates:
+        for path in (out / f"date={date}").glob("*.parquet"):
+            if mine.fullmatch(path.name) and path.resolve() not in written:
+                path.unlink()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -22,10 +22,11 @@ outcomes reported. Every ``retrain_every`` periods, while the service keeps serv
    periods, all made by the serving model. A candidate is valued as it would be served: with
    the same epsilon exploration on its greedy action (the service keeps its exploration
    across reloads), so the lift compares like with like.
-4. **Promote** through the service's hot reload (``DecisionAdmin.LoadBundle``) only the
-   report's recommendation: the candidate with the highest lower confidence bound of its
-   primary lift, if that bound is above zero; otherwise keep the serving policy and record
-   the report's reason.
+4. **Promote** through the service's hot reload (``DecisionAdmin.LoadBundle``, by
+   :func:`cvm_rl.loop.replicas.promote`, which confirms it) only the report's
+   recommendation: the candidate with the highest lower confidence bound of its primary
+   lift, if that bound is above zero; otherwise keep the serving policy and record the
+   report's reason.
 
 Each period's row (:class:`PeriodRow`) records the model served, decisions made and logged,
 the realized value per customer, the explored share and exploration's cost (the week's
@@ -42,7 +43,7 @@ import json
 import math
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
     from cvm_rl.ope.results import OpeResult
     from cvm_rl.policies.base import Policy
     from cvm_rl.policies.planner import ResponseEstimate
-    from server.client import DecisionClient
     from simulator.config import Scenario
 
 CANDIDATES = ("clv_planner", "linucb", "greedy", "rules", "no_contact", "random")
@@ -460,7 +460,7 @@ def run_loop(config: LoopConfig, *, echo: Callable[[str], None] | None = None) -
                     f"{row.exploration_cost:+.3f}"
                 )
                 if period % config.retrain_every == 0 and period < config.periods:
-                    retrain = _retrain(config, scenario, period, serving, client, log_path)
+                    retrain = _retrain(config, scenario, period, serving, [server.target], log_path)
                     row = dataclasses.replace(row, retrain=retrain)
                     if retrain.promoted is not None:
                         serving = _Serving(
@@ -489,15 +489,17 @@ def _retrain(
     scenario: Scenario,
     period: int,
     serving: _Serving,
-    client: DecisionClient,
+    replicas: Sequence[str],
     log_path: Path,
 ) -> Retrain:
-    """Export, train, evaluate, and promote if the report recommends a candidate."""
+    """Export, train, evaluate, and promote if the report recommends a candidate (on every
+    replica at ``replicas``, or on none: :func:`cvm_rl.loop.replicas.promote`)."""
     from cvm_rl.bundle import load_bundle, save_bundle
     from cvm_rl.logs.convert import decisions_from_table
     from cvm_rl.logs.export import export_parquet, read_export
     from cvm_rl.logs.store import now_us
     from cvm_rl.loop.engine import SimulatedCampaignEngine
+    from cvm_rl.loop.replicas import promote
     from cvm_rl.ope.evaluate import evaluate_candidates
     from cvm_rl.ope.inputs import LogSource, OpeInputError, status_counts
     from cvm_rl.ope.report import write_report
@@ -589,9 +591,11 @@ def _retrain(
         if model_ids[name] == serving.model_id:
             reason = f"{name} is the serving model already; {recommendation.reason}"
         else:
-            active = client.load_bundle(paths[name])
-            if active != model_ids[name]:
-                raise RuntimeError(f"LoadBundle activated {active}, not {model_ids[name]}")
+            results = promote(replicas, paths[name], model_id=model_ids[name])
+            if not all(r.ok for r in results):
+                raise RuntimeError(
+                    f"promoting {name} failed: " + "; ".join(r.line() for r in results)
+                )
             promoted = name
             reason = recommendation.reason
     else:
