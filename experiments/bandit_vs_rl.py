@@ -238,6 +238,8 @@ def main() -> None:
         command += f" --rl {args.rl[0]} --rl-runs " + " ".join(str(p) for p in args.rl_runs)
     if args.seeds != Args.seeds:
         command += f" --seeds {args.seeds}"
+    if args.bandits != Args().bandits:
+        command += " --bandits " + " ".join(args.bandits)
     (out / f"{args.run_name}.md").write_text(
         f"# {args.run_name}\n\n`.venv/bin/python {command}` on scenario '{args.scenario}': "
         f"{args.eval_customers} held-out customers x {scenario.horizon_weeks} weeks per seed, "

@@ -1,8 +1,9 @@
 """``cvm demo``: the main job end to end on the embedded defaults.
 
 Trains LinUCB and a short MaskablePPO run, evaluates them beside the baselines, the greedy
-uplift model and the oracle on held-out customers, writes bundles, ``evaluation.json`` and
-plots. Then it runs the current campaign as a campaign team would: the rule-based policy,
+uplift model, the CLV planner and the oracle on held-out customers (value over the year,
+residual value and long-run value, with paired lifts), writes bundles, ``evaluation.json``
+and plots. Then it runs the current campaign as a campaign team would: the rule-based policy,
 saved as a bundle, served by ``cvm serve`` with epsilon exploration (so the log supports
 off-policy evaluation) to a simulated campaign engine (a client of the service) for 2,000
 customers x 52 weeks; stops the server with SIGTERM, exports the decision log, and ends with
