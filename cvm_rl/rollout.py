@@ -9,7 +9,7 @@ simulated decision logs and the simulated campaign engine. Callers iterate over 
         value += t.reward
 
 The decider is a :class:`~cvm_rl.policies.base.Policy` (sampled with its own seeded
-generator, re-seeded with ``seed`` unless ``reseed_policy=False``, and bound to the
+generator, re-seeded from ``seed`` unless ``reseed_policy=False``, and bound to the
 population when it reads latent state, like the oracle) or any callable ``decide(obs, mask,
 week) -> Decisions``, e.g. a client of the decision service.
 """
@@ -84,6 +84,20 @@ def policy_decider(policy: Policy, *, with_probabilities: bool = False) -> Decid
     return decide
 
 
+POLICY_STREAM = 0x9011C7
+"""Tags the policy's seed sequence apart from the population's."""
+
+
+def policy_seed(seed: int | None) -> int | None:
+    """The seed of a policy's sampling generator in a rollout drawn with ``seed``: derived,
+    not ``seed`` itself, whose generator is the one that drew the customers (a policy seeded
+    alike would draw the same uniforms: uniform exploration then contacted no loyalist in
+    the first week and 85 % of deal seekers)."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([POLICY_STREAM, seed]).generate_state(1)[0])
+
+
 def rollout(
     decider: Policy | Decide,
     scenario: Scenario | str,
@@ -113,7 +127,7 @@ def rollout(
         decide = decider
     bind = getattr(policy, "bind", None)  # latent-state policies (the oracle)
     if policy is not None and reseed_policy:
-        policy.seed(seed)
+        policy.seed(policy_seed(seed))
     if callable(bind):
         bind(env.population)
     for week in range(int(horizon)):

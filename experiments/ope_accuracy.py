@@ -89,6 +89,7 @@ from cvm_rl.policies import (
     RuleBasedPolicy,
     sample_actions,
 )
+from cvm_rl.rollout import policy_seed
 from simulator.config import Scenario, load_scenario
 from simulator.core import Population
 from simulator.vector_env import CustomerLifecycleVectorEnv
@@ -354,7 +355,7 @@ def log_with_single_step_truth(
     horizon = scenario.horizon_weeks if weeks is None else weeks
     env = CustomerLifecycleVectorEnv(n_customers, scenario)
     obs, info = env.reset(seed=seed)
-    logger.seed(seed)  # as rollout does
+    logger.seed(policy_seed(seed))  # as rollout does
     truth_rng = _stream(seed, SINGLE_STEP_TRUTH_STREAM, stream)
     totals = {t.name: np.zeros((n_customers, horizon)) for t in targets}
     squares = {t.name: np.zeros((n_customers, horizon)) for t in targets}
@@ -423,7 +424,7 @@ def long_run_values(
         env = CustomerLifecycleVectorEnv(n_customers, scenario)
         obs, info = env.reset(seed=seed)
         if r == 0:
-            policy.seed(seed)
+            policy.seed(policy_seed(seed))  # as rollout does
         else:
             env.population.reseed(_stream_seed(seed, LONG_RUN_TRUTH_STREAM, r))
             policy.seed(_stream_seed(seed, LONG_RUN_TRUTH_STREAM, r))

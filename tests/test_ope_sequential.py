@@ -184,7 +184,7 @@ def test_estimates_move_towards_the_targets_simulated_value() -> None:
     """Logged by rules mixed half-and-half with uniform exploration, valued for the rules
     alone: every estimator lands closer to the rules' value on the same population than the
     logged mean does, and within 3 standard errors (its bootstrap's and the truth's)."""
-    n, weeks, seed = 3000, 4, 1
+    n, weeks, seed = 6000, 4, 1
     traj = Trajectories.from_rollout(_logger(0.5), SCENARIO, n_customers=n, seed=seed, weeks=weeks)
     target = RuleBasedPolicy(SCENARIO)
     returns = sum(

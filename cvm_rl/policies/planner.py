@@ -92,8 +92,6 @@ def estimate_response(
     policy = ExplorationPolicy(scenario, no_contact_share=no_contact_share)
     policy.rng = np.random.default_rng([CAMPAIGN_STREAM, seed])
     obs, actions, propensities, purchases = [], [], [], []
-    # reseed_policy=False keeps the assignment's own stream: re-seeded with ``seed``, the
-    # policy would draw the very uniforms that drew the customers (their segments first).
     steps = rollout(
         policy, scenario, n_customers=n_customers, weeks=weeks, seed=seed, reseed_policy=False
     )
