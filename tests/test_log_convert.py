@@ -147,6 +147,19 @@ def test_log_and_export_convert_to_the_same_decisions(simulated: Simulated) -> N
     )
 
 
+def test_an_event_logged_twice_is_refused(simulated: Simulated) -> None:
+    """Two shards holding the same decision (a retry two replicas both logged) would count it
+    twice: the conversion names the event id instead."""
+    import pyarrow as pa
+
+    table = read_export(simulated.export)
+    doubled = pa.concat_tables([table, table.slice(3, 2)])
+    first = table.column("event_id")[3].as_py()
+    with pytest.raises(ValueError, match=rf"event_id '{first}' is on 2 rows \(2 ids repeated\)"):
+        decisions_from_table(doubled)
+    assert decisions_from_table(table).data.obs.shape[0] == table.num_rows
+
+
 def test_export_has_the_executed_action_column(simulated: Simulated) -> None:
     table = read_export(simulated.export)
     executed = table.column("executed_action_index").to_pylist()

@@ -327,6 +327,7 @@ def decisions_from_table(
         pc.is_in(table.column("model_id"), value_set=pa.array(sorted(selected), pa.string())),
     )
     table = table.filter(keep)
+    _refuse_duplicate_events(table)
     used = pc.unique(table.column("model_id")).to_pylist()
     schema = _one_schema(schemas, used) or _only(schemas, selected)
     if not table.num_rows:
@@ -350,6 +351,25 @@ def decisions_from_table(
         probabilities=_list_matrix(table.column("probabilities"), n_actions, "probabilities"),
     )
     return _assemble([part], schema)
+
+
+def _refuse_duplicate_events(table: pa.Table) -> None:
+    """A ValueError naming an event id that appears on more than one row: the same decision
+    counted twice (e.g. a retry that two replicas both logged, their shards exported into one
+    dataset) would weigh twice in every estimate."""
+    import pyarrow.compute as pc
+
+    ids = table.column("event_id")
+    if pc.count_distinct(ids).as_py() == table.num_rows:
+        return
+    counts = pc.value_counts(ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    first = repeated[0].as_py()
+    raise ValueError(
+        f"table: event_id {first['values']!r} is on {first['counts']} rows ({len(repeated)} ids "
+        "repeated): a decision logged twice (by two replicas?) would count twice; keep one row "
+        "per event id"
+    )
 
 
 def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
