@@ -174,7 +174,27 @@ class CLVPlannerPolicy(Policy):
         self.residual_weeks = int(residual_weeks)
         if response is not None:
             self.name = "clv_planner_estimated"
-        self._segment_log_prior = self._attribute_log_likelihoods()
+        sc = scenario
+        self._attribute_columns = [
+            self.feature_index[f"{name}_{member}"]
+            for name, attribute in sc.attributes.items()
+            for member in attribute.members
+        ]
+        self._attribute_log_probs = np.log(
+            np.maximum(
+                [
+                    [attribute.by_segment[s][m] for s in sc.segment_names]
+                    for attribute in sc.attributes.values()
+                    for m in range(len(attribute.members))
+                ],
+                1e-300,
+            )
+        ).reshape(len(self._attribute_columns), self.tables.n_segments)
+        self._segment_columns = (
+            [self.feature_index[f"segment_{s}"] for s in sc.segment_names]
+            if sc.segment_observed
+            else []
+        )
 
     # ------------------------------------------------------------------ the policy
     def _probabilities(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -347,31 +367,16 @@ class CLVPlannerPolicy(Policy):
         decay = tb.channel_decay.astype(np.float64)[None, :]
         return decay**since * (1.0 + np.maximum(count - 1.0, 0.0) * decay)
 
-    def _attribute_log_likelihoods(self) -> Any:
-        """A function of the observations: log prior share plus log P(attributes | segment),
-        (N, S); with the segment observed (an ablation), its one-hot decides."""
-        sc, tb = self.scenario, self.tables
-        log_share = np.log(tb.segment_share)
-        columns: list[tuple[list[int], np.ndarray]] = []
-        for name, attribute in sc.attributes.items():
-            cols = [self.feature_index[f"{name}_{m}"] for m in attribute.members]
-            probs = np.array([attribute.by_segment[s] for s in sc.segment_names]).T  # (M, S)
-            columns.append((cols, np.log(np.maximum(probs, 1e-300))))
-        observed = (
-            [self.feature_index[f"segment_{s}"] for s in sc.segment_names]
-            if sc.segment_observed
-            else None
+    def _segment_log_prior(self, obs: np.ndarray) -> np.ndarray:
+        """(N, S) log prior share plus log P(attributes | segment) (the attributes are one-hot:
+        one product with the stacked per-segment log frequencies); with the segment observed
+        (an ablation), its one-hot decides."""
+        out = np.log(self.tables.segment_share) + obs[:, self._attribute_columns] @ (
+            self._attribute_log_probs
         )
-
-        def log_prior(obs: np.ndarray) -> np.ndarray:
-            out = np.broadcast_to(log_share, (len(obs), tb.n_segments)).copy()
-            for cols, log_probs in columns:
-                out += obs[:, cols] @ log_probs
-            if observed is not None:
-                out += np.where(obs[:, observed] > 0.5, 0.0, -np.inf)
-            return out
-
-        return log_prior
+        if self._segment_columns:
+            out = out + np.where(obs[:, self._segment_columns] > 0.5, 0.0, -np.inf)
+        return out
 
     # ------------------------------------------------------------------ bundles
     def state_dict(self) -> dict[str, Any]:
