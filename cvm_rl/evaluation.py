@@ -277,6 +277,32 @@ def lift_share(
     return (result.mean(metric) - baseline.mean(metric)) / denominator
 
 
+def lift_share_interval(
+    result: PolicyResult,
+    baseline: PolicyResult,
+    reference: PolicyResult,
+    metric: str = "value",
+    confidence: float = 0.95,
+) -> tuple[float, float, float] | None:
+    """:func:`lift_share` with its interval: the ratio of the mean paired lifts over seeds and
+    a delta-method interval from their covariance (Student t over seeds; a point for one
+    seed). ``None`` when the reference's mean lift is not positive."""
+    share = lift_share(result, baseline, reference, metric)
+    if share is None:
+        return None
+    if result.seeds != baseline.seeds or reference.seeds != baseline.seeds:
+        raise ValueError("results: a share of lift needs results on the same seeds")
+    lift = result.per_seed[metric] - baseline.per_seed[metric]
+    reference_lift = reference.per_seed[metric] - baseline.per_seed[metric]
+    n = len(lift)
+    if n < 2:
+        return share, share, share
+    gradient = np.array([1.0, -share]) / reference_lift.mean()
+    variance = float(gradient @ (np.cov(lift, reference_lift) / n) @ gradient)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * np.sqrt(variance)
+    return share, share - half, share + half
+
+
 def _find(results: Sequence[PolicyResult], name: str | None) -> PolicyResult | None:
     return next((r for r in results if r.policy == name), None)
 

@@ -40,7 +40,13 @@ import numpy as np
 
 from cvm_rl.bundle import load_bundle
 from cvm_rl.cli.evaluate import write_evaluation_plots
-from cvm_rl.evaluation import PolicyResult, evaluate_policies, format_table, results_to_dict
+from cvm_rl.evaluation import (
+    PolicyResult,
+    evaluate_policies,
+    format_table,
+    lift_share_interval,
+    results_to_dict,
+)
 from cvm_rl.plots import plot_learning_curves
 from cvm_rl.policies import NoContactPolicy, Policy, RandomPolicy, RuleBasedPolicy
 from cvm_rl.policies.greedy import GreedyUpliftPolicy
@@ -304,11 +310,9 @@ def headline_checks(results: list[PolicyResult], args: Args) -> list[str]:
                 if n in by_name
             ),
         ]:
-            share, low, high = share_interval(who, base, oracle, metric)
-            lines.append(
-                f"share of the oracle's long-run lift, {who.policy}: {share:.0%} "
-                f"[{low:.0%}, {high:.0%}]"
-            )
+            shared = lift_share_interval(who, base, oracle, metric)
+            text = "n/a" if shared is None else "{:.0%} [{:.0%}, {:.0%}]".format(*shared)
+            lines.append(f"share of the oracle's long-run lift, {who.policy}: {text}")
         observable = [r for r in results if r.policy not in ("oracle", "oracle_horizon")]
         best_obs = max(observable, key=lambda r: r.mean(metric))
         gap = oracle.mean(metric) - best_rl.mean(metric)
@@ -319,25 +323,6 @@ def headline_checks(results: list[PolicyResult], args: Args) -> list[str]:
             f"{gap - observability:+.3f} ({best_obs.policy} - {best_rl.policy})"
         )
     return lines
-
-
-def share_interval(
-    result: PolicyResult, baseline: PolicyResult, reference: PolicyResult, metric: str
-) -> tuple[float, float, float]:
-    """Share of ``reference``'s lift over ``baseline`` that ``result`` captures, a ratio of
-    mean paired lifts over seeds, with a 95 % delta-method interval (t over seeds)."""
-    from scipy import stats
-
-    num = result.per_seed[metric] - baseline.per_seed[metric]
-    den = reference.per_seed[metric] - baseline.per_seed[metric]
-    n = len(num)
-    share = float(num.mean() / den.mean())
-    if n < 2:
-        return share, share, share
-    cov = np.cov(num, den) / n
-    grad = np.array([1.0 / den.mean(), -num.mean() / den.mean() ** 2])
-    half = stats.t.ppf(0.975, n - 1) * float(np.sqrt(grad @ cov @ grad))
-    return share, share - half, share + half
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from cvm_rl import plots
 from cvm_rl.evaluation import (
@@ -16,6 +17,7 @@ from cvm_rl.evaluation import (
     evaluate_policies,
     format_table,
     lift_share,
+    lift_share_interval,
     results_to_dict,
 )
 from cvm_rl.policies import DEFAULT_RULES, NoContactPolicy, RandomPolicy, RuleBasedPolicy
@@ -121,6 +123,21 @@ def test_share_of_oracle_lift_is_a_ratio_of_mean_lifts() -> None:
     assert "%" not in format_table([base, policy, flat]).split("\n", 2)[2]
     table = format_table([base, policy, oracle], reference="bandit")
     assert "| share of bandit lift |" in table and "| 400.0% |" in table
+
+
+def test_the_share_of_lift_interval_is_the_delta_method_over_seeds() -> None:
+    """Lifts (1, 1) against (6, 2): share 1/4; the gradient (1, -1/4) / 4 of the ratio and the
+    covariance of the paired lifts over 2 seeds give the half-width by hand."""
+    base = _result("no_contact", [1.0, 3.0])
+    policy = _result("bandit", [2.0, 4.0])
+    oracle = _result("oracle", [7.0, 5.0])
+    share, low, high = lift_share_interval(policy, base, oracle)
+    lifts = np.array([[1.0, 1.0], [6.0, 2.0]])
+    gradient = np.array([1.0, -0.25]) / 4.0
+    half = stats.t.ppf(0.975, 1) * np.sqrt(gradient @ (np.cov(lifts) / 2) @ gradient)
+    assert share == pytest.approx(0.25)
+    assert (low, high) == pytest.approx((0.25 - half, 0.25 + half))
+    assert lift_share_interval(policy, base, _result("oracle", [3.0, 1.0])) is None
 
 
 def test_results_to_dict_is_strict_json_and_round_trips(results) -> None:
