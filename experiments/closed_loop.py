@@ -26,7 +26,14 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvm_rl.loop.closed_loop import CANDIDATES, STARTS, LoopConfig, plot_loop, run_loop
+from cvm_rl.loop.closed_loop import (
+    CANDIDATES,
+    DEFAULT_CANDIDATES,
+    STARTS,
+    LoopConfig,
+    plot_loop,
+    run_loop,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -38,7 +45,7 @@ class Args:
     retrain_every: int = 4
     epsilon: float = 0.1
     seed: int = 0
-    candidates: tuple[str, ...] = ("clv_planner", "linucb", "greedy")
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     start: str = "rules"
     n_bootstrap: int = 200
     out: str = "runs/closed_loop"
@@ -64,17 +71,8 @@ def parse_args() -> Args:
 
 def main() -> None:
     args = parse_args()
-    config = LoopConfig(
-        out=Path(args.out),
-        customers=args.customers,
-        periods=args.periods,
-        retrain_every=args.retrain_every,
-        epsilon=args.epsilon,
-        seed=args.seed,
-        candidates=args.candidates,
-        start=args.start,
-        n_bootstrap=args.n_bootstrap,
-    )
+    # Every field of Args but the tag is a LoopConfig field of the same name.
+    config = LoopConfig(**{k: v for k, v in dataclasses.asdict(args).items() if k != "tag"})
     result = run_loop(config, echo=print)
     name = "closed_loop" + (f"__{args.tag}" if args.tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
