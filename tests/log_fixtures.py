@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from cvm_rl.logs.records import DecisionBatch, ModelRecord
-from cvm_rl.logs.store import DecisionLog
+from cvm_rl.logs.store import Activation, DecisionLog
+
+
+def start_activation(log: DecisionLog, model: ModelRecord) -> Activation:
+    """``model`` as the active model of ``log`` (online, the bundle's own distribution)."""
+    return log.activate(
+        model, learning_mode="online", exploration="policy", exploration_param=0.0, reason="start"
+    )
 
 
 def make_batch(

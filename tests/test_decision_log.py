@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from log_fixtures import make_batch
+from log_fixtures import make_batch, start_activation
 
 from cvm_rl.logs.schema import SCHEMA_VERSION
 from cvm_rl.logs.store import (
-    Activation,
     DecisionBatch,
     DecisionLog,
     DecisionLogError,
@@ -44,16 +43,9 @@ def log(tmp_path: Path) -> Iterator[DecisionLog]:
         yield opened
 
 
-def start_activation(log: DecisionLog) -> Activation:
-    """MODEL as the active model of ``log`` (online, the bundle's own distribution)."""
-    return log.activate(
-        MODEL, learning_mode="online", exploration="policy", exploration_param=0.0, reason="start"
-    )
-
-
 @pytest.fixture
 def activation(log: DecisionLog) -> int:
-    return start_activation(log).seq
+    return start_activation(log, MODEL).seq
 
 
 def ids(prefix: str, n: int) -> list[str]:
@@ -177,7 +169,7 @@ def test_replay_with_different_inputs_conflicts_and_writes_nothing(
 def test_concurrent_inserts_of_the_same_ids_store_one_row_each(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     with DecisionLog(path) as setup:
-        seq = start_activation(setup).seq
+        seq = start_activation(setup, MODEL).seq
     event_ids = ids("c", 200)
     n_threads = 6
     shared = DecisionLog(path)
@@ -428,7 +420,7 @@ def _file_size(path: Path) -> int:
 def test_background_checkpoints_move_the_wal_into_the_database(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.db"
     with DecisionLog(path, checkpoint_interval_s=0.05) as log:
-        act = start_activation(log)
+        act = start_activation(log, MODEL)
         start_size = _file_size(path)
         log.insert_decisions(make_batch([f"e{i}" for i in range(400)], act.seq, seed=3))
         wal = Path(f"{path}-wal")
@@ -449,7 +441,7 @@ def test_checkpoint_interval_must_be_positive(tmp_path: Path) -> None:
 def test_busy_log_is_reported_at_once_without_waiting(tmp_path: Path) -> None:
     path = tmp_path / "busy.db"
     with DecisionLog(path) as log:
-        act = start_activation(log)
+        act = start_activation(log, MODEL)
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process committing
         batch = make_batch(["b1", "b2"], act.seq)
@@ -468,7 +460,7 @@ def test_the_wal_stays_bounded_under_steady_writes(tmp_path: Path) -> None:
     path = tmp_path / "steady.db"
     wal = Path(f"{path}-wal")
     with DecisionLog(path, checkpoint_interval_s=0.1, wal_limit_bytes=2**20) as log:
-        act = start_activation(log)
+        act = start_activation(log, MODEL)
         for k in range(300):
             ids = [f"s{k}-{i}" for i in range(256)]
             log.insert_decisions(make_batch(ids, act.seq, seed=k))

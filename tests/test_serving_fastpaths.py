@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from log_fixtures import make_batch
+from log_fixtures import make_batch, start_activation
 
 from cvm_rl.logs.schema import DECISION_COLUMNS
 from cvm_rl.logs.store import (
@@ -141,10 +141,7 @@ class CountingLog(DecisionLog):
 def test_concurrent_inserts_share_the_leaders_commit(tmp_path: Path) -> None:
     async def main() -> list[dict[str, StoredDecision]]:
         with CountingLog(tmp_path / "log.db") as log:
-            log.activate(
-                MODEL, learning_mode="online", exploration="policy", exploration_param=0.0,
-                reason="start",
-            )  # fmt: skip
+            start_activation(log, MODEL)
             writer = LogWriter(log)
             CountingLog.commits = 0
             results = await asyncio.gather(
@@ -163,10 +160,7 @@ def test_concurrent_inserts_share_the_leaders_commit(tmp_path: Path) -> None:
 def test_a_cancelled_leader_still_writes_the_others(tmp_path: Path) -> None:
     async def main() -> None:
         with DecisionLog(tmp_path / "log.db") as log:
-            log.activate(
-                MODEL, learning_mode="online", exploration="policy", exploration_param=0.0,
-                reason="start",
-            )  # fmt: skip
+            start_activation(log, MODEL)
             writer = LogWriter(log)
             leader = asyncio.ensure_future(writer.insert(batch(["lead"])))
             await asyncio.sleep(0)  # the leader is letting the loop turn
@@ -204,10 +198,7 @@ def test_prepared_batches_store_what_batches_store(tmp_path: Path) -> None:
     for prepared in (False, True):
         path = tmp_path / f"{prepared}.db"
         with DecisionLog(path) as log:
-            log.activate(
-                MODEL, learning_mode="online", exploration="policy", exploration_param=0.0,
-                reason="start",
-            )  # fmt: skip
+            start_activation(log, MODEL)
             answers[prepared] = [
                 [
                     {e: repr(d) for e, d in r.items()} if isinstance(r, dict) else r.event_ids
@@ -236,10 +227,7 @@ def test_a_write_that_waits_out_a_busy_log_builds_its_rows_once(
 
     async def main() -> None:
         with DecisionLog(tmp_path / "log.db") as log:
-            log.activate(
-                MODEL, learning_mode="online", exploration="policy", exploration_param=0.0,
-                reason="start",
-            )  # fmt: skip
+            start_activation(log, MODEL)
             other = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
             other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
             writer = LogWriter(log)
@@ -265,10 +253,7 @@ def test_a_write_that_waits_out_a_busy_log_builds_its_rows_once(
 
 def test_the_busy_timeout_is_back_before_anything_that_waits(tmp_path: Path) -> None:
     with DecisionLog(tmp_path / "log.db", busy_timeout_ms=1234) as log:
-        log.activate(
-            MODEL, learning_mode="online", exploration="policy", exploration_param=0.0,
-            reason="start",
-        )  # fmt: skip
+        start_activation(log, MODEL)
 
         def timeout() -> int:
             return int(log._db.execute("PRAGMA busy_timeout").fetchone()[0])
