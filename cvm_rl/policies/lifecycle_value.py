@@ -266,6 +266,24 @@ def unit_values(
     return u_pa, u_pd, u_ca, u_cd
 
 
+def no_contact_value(
+    belief: CustomerBelief, scenario: Scenario, tables: Tables, horizon: Horizon
+) -> np.ndarray:
+    """(N,) expected value of contacting nobody from now, for a belief without pull-forward
+    debt or a running bonus (what the planner believes): the masses times their unit values."""
+    if horizon.weeks_left <= 0:
+        return np.zeros(belief.n)
+    unit = unit_values(belief, scenario, tables, horizon)
+    masses = (
+        belief.prospect_alive,
+        belief.prospect_dead,
+        belief.customer_alive,
+        belief.customer_dead,
+    )
+    total: np.ndarray = sum(m * u[0] for m, u in zip(masses, unit, strict=True))
+    return total
+
+
 def best_actions(values: np.ndarray, mask: np.ndarray, *, min_gain: float = 0.0) -> np.ndarray:
     """Per customer, the eligible contact of largest value in the (N, A) ``values`` if it
     gains more than ``min_gain`` over no contact (column 0); otherwise no contact."""

@@ -43,8 +43,8 @@ from cvm_rl.policies.lifecycle_value import (
     CustomerBelief,
     Horizon,
     best_actions,
+    no_contact_value,
     plan_values,
-    unit_values,
 )
 from simulator.config import Scenario
 from simulator.core import RESIDUAL_WEEKLY_DISCOUNT, RESIDUAL_WEEKS, Tables
@@ -221,16 +221,7 @@ class CLVPlannerPolicy(Policy):
         )
 
     def _no_contact_value(self, belief: CustomerBelief, horizon: Horizon) -> np.ndarray:
-        if horizon.weeks_left <= 0:
-            return np.zeros((belief.n, 1))
-        unit = unit_values(belief, self.scenario, self.tables, horizon)
-        masses = (
-            belief.prospect_alive,
-            belief.prospect_dead,
-            belief.customer_alive,
-            belief.customer_dead,
-        )
-        return sum(m * u[0] for m, u in zip(masses, unit, strict=True))[:, None]
+        return no_contact_value(belief, self.scenario, self.tables, horizon)[:, None]
 
     def _by_horizon(
         self, obs: np.ndarray, value: Callable[[CustomerBelief, Horizon], np.ndarray]
