@@ -45,15 +45,15 @@ from typing import Any, get_origin
 from pydantic import ValidationError
 
 from cvm_rl.config import error_message
-from cvm_rl.train_config import TrainConfig
+from cvm_rl.train_config import HELD_OUT_SEED_START, TrainConfig
 
 METRIC = "validation_value"
 """What every trial reports and the sweep maximizes: value per customer of the final policy
 on the trial's validation population."""
 
-TRAINING_SEEDS = range(1000)
+TRAINING_SEEDS = range(HELD_OUT_SEED_START)
 """Training seeds: 1000 and up are the held-out evaluation populations, which a sweep must
-not train on (``cvm_rl.cli.common.HELD_OUT_SEED_START``)."""
+not train on."""
 
 FIXED: dict[str, Any] = {"torch_threads": 1}
 """Set for every trial and refused in a search space: one CPU and one torch thread a trial."""

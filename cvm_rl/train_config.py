@@ -10,6 +10,9 @@ from pydantic import Field, ValidationInfo, field_validator
 from cvm_rl.config import ConfigModel
 from cvm_rl.registry import ALGOS, spec
 
+HELD_OUT_SEED_START = 1000
+"""Held-out evaluation populations are seeds 1000 and up; training uses 0..999 and
+validation 10,000 + the training seed."""
 VALIDATION_SEED_OFFSET = 10_000
 """Validation populations use seeds 10_000 + training seed: disjoint from training (the
 training seed's own stream) and from held-out evaluation (1000 and up)."""

@@ -12,10 +12,7 @@ import math
 from collections.abc import Iterator
 
 from cvm_rl.bundle_paths import bundle_dir as bundle_dir  # re-exported for the commands
-
-HELD_OUT_SEED_START = 1000
-"""Held-out evaluation populations are seeds 1000 and up; training uses 0..999 and
-validation 10,000 + the training seed."""
+from cvm_rl.train_config import HELD_OUT_SEED_START
 
 
 class CliError(ValueError):
