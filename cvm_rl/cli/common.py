@@ -35,6 +35,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def layer_widths(text: str) -> list[int]:
+    """Hidden layer widths like ``128,128`` (``--net-arch``)."""
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 128,128, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths, got {text!r}")
+    return widths
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -19,8 +19,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cvm_rl.cli.common import CliError, add_scenario_argument, needs_extra, positive_int
-from cvm_rl.cli.train import TRAIN_OPTIONS, _widths
+from cvm_rl.cli.common import (
+    CliError,
+    add_scenario_argument,
+    layer_widths,
+    needs_extra,
+    positive_int,
+)
+from cvm_rl.cli.train import TRAIN_OPTIONS
 from cvm_rl.registry import ALGOS
 from cvm_rl.train_config import TrainConfig
 
@@ -50,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=kind,
             help=f"{text} (default: {TrainConfig.model_fields[name].default:,})",
         )
-    parser.add_argument("--net-arch", type=_widths, help="hidden layer widths of the RL networks")
+    parser.add_argument(
+        "--net-arch", type=layer_widths, help="hidden layer widths of the RL networks"
+    )
     parser.add_argument(
         "--terminal-value",
         action="store_true",

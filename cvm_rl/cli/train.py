@@ -14,7 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cvm_rl.cli.common import CliError, add_scenario_argument, needs_extra, positive_int
+from cvm_rl.cli.common import (
+    CliError,
+    add_scenario_argument,
+    layer_widths,
+    needs_extra,
+    positive_int,
+)
 from cvm_rl.registry import ALGOS
 from cvm_rl.train_config import TrainConfig
 
@@ -34,16 +40,6 @@ TRAIN_OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
 left out, the field keeps its default."""
 
 
-def _widths(text: str) -> list[int]:
-    try:
-        widths = [int(w) for w in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected widths like 128,128, got {text!r}") from None
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive widths, got {text!r}")
-    return widths
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", required=True, choices=ALGOS, help="what to train")
     add_scenario_argument(parser)
@@ -56,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"{text} (default: {TrainConfig.model_fields[name].default:,})",
         )
     parser.add_argument(
-        "--net-arch", type=_widths, help="hidden layer widths of the RL networks (default: 64,64)"
+        "--net-arch",
+        type=layer_widths,
+        help="hidden layer widths of the RL networks (default: 64,64)",
     )
     parser.add_argument(
         "--terminal-value",
