@@ -52,6 +52,7 @@ from cvm_rl.policies import NoContactPolicy, Policy, RandomPolicy, RuleBasedPoli
 from cvm_rl.policies.greedy import GreedyUpliftPolicy
 from cvm_rl.policies.oracle import OraclePolicy
 from cvm_rl.policies.planner import CLVPlannerPolicy, estimate_response
+from cvm_rl.train_config import HELD_OUT_SEED_START
 from cvm_rl.training import TrainConfig, load_learning_curve, train
 from simulator.config import load_scenario
 
@@ -139,7 +140,7 @@ def main() -> None:
     args = parse_args()
     scenario = load_scenario(args.scenario)
     train_seeds = list(range(args.seeds))
-    eval_seeds = [1000 + s for s in train_seeds]
+    eval_seeds = [HELD_OUT_SEED_START + s for s in train_seeds]
     print(f"run {args.run_name}: train seeds {train_seeds}, held-out seeds {eval_seeds}")
     started = time.perf_counter()
 

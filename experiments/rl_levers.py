@@ -37,7 +37,7 @@ import numpy as np
 from cvm_rl.bundle import load_bundle
 from cvm_rl.evaluation import PolicyResult, evaluate_policies
 from cvm_rl.policies import NoContactPolicy, RuleBasedPolicy
-from cvm_rl.train_config import VALIDATION_SEED_OFFSET, TrainConfig
+from cvm_rl.train_config import HELD_OUT_SEED_START, VALIDATION_SEED_OFFSET, TrainConfig
 from cvm_rl.training import train
 from simulator.config import load_scenario
 
@@ -108,7 +108,7 @@ def main() -> None:
     args = parse_args()
     scenario = load_scenario(args.scenario)
     started = time.perf_counter()
-    held_out = [1000 + s for s in range(args.eval_seeds)]
+    held_out = [HELD_OUT_SEED_START + s for s in range(args.eval_seeds)]
     base, rules = evaluate_policies(
         [NoContactPolicy(scenario), RuleBasedPolicy(scenario)],
         scenario,
