@@ -12,7 +12,13 @@ and ``report.md`` into DIR:
 Single-step values are per decision (the week's reward), long-run values per customer over
 the logged weeks; every lift over the logger comes with a paired bootstrap interval. Long-run
 estimators hold every trajectory in memory: past --max-rows decisions they are refused, and
---no-long-run streams an export in record batches instead.
+--no-long-run streams an export in record batches instead. ``--ray`` (a local Ray) or
+``--ray-address ADDRESS`` (a cluster) runs that streamed evaluation on Ray (the ``ray``
+extra), with the same result; ``--logs`` may then be a URI every node reads
+(``s3://bucket/cvm/export/``):
+
+  cvm ope report --logs s3://bucket/cvm/export/ --policy runs/demo/linucb \
+      --no-long-run --ray-address 10.0.0.5:6379 --out runs/demo/ope
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import argparse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,8 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     report.add_argument(
         "--logs",
         required=True,
-        type=Path,
-        help="decision log: an export directory of `cvm logs export`, or the SQLite log",
+        help="decision log: an export directory of `cvm logs export` (or its URI, e.g. "
+        "s3://bucket/cvm/export/, read streamed: with --no-long-run), or the SQLite log",
     )
     report.add_argument(
         "--policy",
@@ -105,6 +112,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_ROWS,
         help="decisions held in memory at most (long-run estimators need them all)",
     )
+    ray = report.add_mutually_exclusive_group()
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="stream the export's single-step evaluation on a local Ray (with --no-long-run; "
+        "needs the 'ray' extra)",
+    )
+    ray.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="stream it on the Ray cluster at ADDRESS (HOST:PORT, ray://HOST:PORT or auto; with "
+        "--no-long-run; needs the 'ray' extra)",
+    )
     report.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -122,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         long_run=not args.no_long_run,
         max_rows=args.max_rows,
         show_progress=not args.no_progress,
+        ray=args.ray or args.ray_address is not None,
+        ray_address=args.ray_address,
     )
     for line in summary_lines(written):
         print(line)
@@ -183,8 +205,12 @@ def write_ope_report(
     long_run: bool = True,
     max_rows: int = DEFAULT_MAX_ROWS,
     show_progress: bool = False,
+    ray: bool = False,
+    ray_address: str | None = None,
 ) -> WrittenReport:
-    """``cvm ope report`` as a function (the demo calls it): load, evaluate, write."""
+    """``cvm ope report`` as a function (the demo calls it): load, evaluate, write. ``ray``:
+    the streamed single-step evaluation on Ray (at ``ray_address``, else a local one)."""
+    ray_option = "--ray" if ray_address is None else "--ray-address"
     with needs_extra("ope", "ope report"):
         import matplotlib  # noqa: F401
         import pyarrow  # noqa: F401
@@ -195,6 +221,7 @@ def write_ope_report(
 
         from cvm_rl.ope import report as report_module
     from cvm_rl.bundle import load_bundle
+    from cvm_rl.ope.distributed import RayUnavailableError, evaluate_export_ray, import_ray
     from cvm_rl.ope.evaluate import evaluate_candidates
     from cvm_rl.ope.inputs import (
         CandidateError,
@@ -204,12 +231,28 @@ def write_ope_report(
         load_log,
     )
     from cvm_rl.ope.reward_model import CrossFittedRewardModel
-    from cvm_rl.ope.streaming import evaluate_export_streaming
+    from cvm_rl.ope.streaming import ExportScan, evaluate_export_streaming, is_uri
 
     if not 0 < alpha < 1:
         raise CliError(f"--alpha: must be in (0, 1), got {alpha}")
     if n_bootstrap < 2:
         raise CliError(f"--n-bootstrap: must be at least 2, got {n_bootstrap}")
+    uri = is_uri(str(logs))
+    logs = str(logs) if uri else Path(logs)
+    if ray and long_run:
+        raise CliError(
+            f"{ray_option} needs --no-long-run: Ray runs the single-step estimators of an "
+            "export, streamed (long-run estimators hold every trajectory in one process)"
+        )
+    if uri and long_run:
+        raise CliError(
+            f"--logs: {logs} is a URI, which is read streamed, single-step only: add --no-long-run"
+        )
+    if ray:
+        try:
+            import_ray()
+        except RayUnavailableError as exc:
+            raise CliError(f"{ray_option}: {exc}") from None
     bundles: dict[str, Bundle] = {}
     for path in policies:
         bundle = load_bundle(bundle_dir(path), seed=seed)
@@ -226,27 +269,40 @@ def write_ope_report(
     model = CrossFittedRewardModel(regressor=reward_model, seed=seed)
 
     try:
-        kind = detect_log_kind(logs)
-        streaming = not long_run and kind == "export" and count_export_rows(logs) > max_rows
+        kind = "export" if uri else detect_log_kind(logs)
+        if ray and kind != "export":
+            raise LogInputError(
+                f"{logs}: {ray_option} evaluates an export of `cvm logs export`, not a SQLite "
+                "log (export it first)"
+            )
+        streaming = (
+            ray or uri or (not long_run and kind == "export" and count_export_rows(logs) > max_rows)
+        )
         with _progress(show_progress) as progress:
             if streaming:
-                from cvm_rl.logs.export import read_models
-
-                described = read_models(logs).values()
+                described = ExportScan.open(logs).models.values()
                 _check_bundles(
                     bundles, [(m["feature_names"], m["action_names"]) for m in described]
                 )
-                result = evaluate_export_streaming(
-                    logs,
-                    candidates,
-                    scenario=scenario,
-                    alpha=alpha,
-                    n_bootstrap=n_bootstrap,
-                    seed=seed,
-                    reward_model=model,
-                    sources=sources,
-                    progress=progress,
+                evaluate = (
+                    partial(evaluate_export_ray, address=ray_address)
+                    if ray
+                    else evaluate_export_streaming
                 )
+                try:
+                    result = evaluate(
+                        logs,
+                        candidates,
+                        scenario=scenario,
+                        alpha=alpha,
+                        n_bootstrap=n_bootstrap,
+                        seed=seed,
+                        reward_model=model,
+                        sources=sources,
+                        progress=progress,
+                    )
+                except RayUnavailableError as exc:
+                    raise CliError(f"{ray_option}: {exc}") from None
             else:
                 loaded = load_log(
                     logs,

@@ -1,7 +1,9 @@
 """Single-step evaluation as running sums: each candidate's estimates, bootstrap replicates,
 values by lifecycle stage and segment and channel shares, added one batch of rows at a time
 (all rows at once in memory, record batch by record batch when an export is streamed), and
-the candidate's single-step result made from them.
+the candidate's single-step result made from them. Sums of disjoint rows merge
+(:meth:`CandidateSums.merge`): an export's files are summed apart, on one machine or on Ray
+workers, and their sums added up in the files' order.
 
 Every single-step estimator is a sum of ratios of per-row sums, so a batch's terms can be
 added to the point sums and, weighted by each bootstrap resample's multiplicities of its
@@ -61,6 +63,20 @@ class RowGroups:
             segment_columns,
             channels,
             np.array([channels.index(c) for c in channel_names], dtype=np.intp),
+        )
+
+    def same_as(self, other: RowGroups) -> bool:
+        return (self.stages, self.segments, self.channels) == (
+            other.stages,
+            other.segments,
+            other.channels,
+        ) and all(
+            np.array_equal(a, b)
+            for a, b in (
+                (self.stage_columns, other.stage_columns),
+                (self.segment_columns, other.segment_columns),
+                (self.channel_of_action, other.channel_of_action),
+            )
         )
 
     def index(self, obs: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -144,6 +160,23 @@ class _RatioSums:
             self.boot_rows[start:stop] += multiplicities.sum(axis=1)
             start = stop
 
+    def merge(self, other: _RatioSums) -> None:
+        """Add the sums of other rows (the same estimators and resamples)."""
+        if other.plans is None:
+            return
+        if self.plans is None:
+            self.plans = other.plans
+            self.point = np.zeros(len(other.point))
+            self.boot = np.zeros((self.n_bootstrap, len(other.point)))
+        elif other.plans != self.plans:  # pragma: no cover - the estimators' structure is fixed
+            raise RuntimeError("estimator terms differ between the merged sums")
+        if other.n_bootstrap != self.n_bootstrap:
+            raise ValueError(f"n_bootstrap differs: {self.n_bootstrap} and {other.n_bootstrap}")
+        self.point += other.point
+        self.rows += other.rows
+        self.boot += other.boot
+        self.boot_rows += other.boot_rows
+
     def values(self) -> tuple[np.ndarray, np.ndarray]:
         """(E,) estimates and (E, B) replicates (NaN where a resample's weights vanish)."""
         assert self.plans is not None
@@ -176,6 +209,15 @@ class _GroupSums:
         for total, values in ((self.rows, None), (self.reward, reward), (self.dm, dm)):
             total += np.bincount(group, weights=values, minlength=self.n_groups)
         self.dr += np.bincount(group, weights=dr, minlength=self.n_groups)
+
+    def merge(self, other: _GroupSums) -> None:
+        for total, values in (
+            (self.rows, other.rows),
+            (self.reward, other.reward),
+            (self.dm, other.dm),
+            (self.dr, other.dr),
+        ):
+            total += values
 
     def values(self, names: Sequence[str]) -> tuple[GroupValue, ...]:
         total = self.rows.sum()
@@ -229,6 +271,18 @@ class CandidateSums:
             self.groups.channel_of_action[rows.actions], minlength=n_channels
         )
         self.weight_sum += float(inputs.weight.sum())
+
+    def merge(self, other: CandidateSums) -> None:
+        """Add the sums of other rows (of the same groups and resamples): the sums of an
+        export's files, added in the files' order, are the sums of the whole export."""
+        if not self.groups.same_as(other.groups):
+            raise ValueError("the merged sums are of other groups (another feature schema)")
+        self.ratios.merge(other.ratios)
+        self.by_stage.merge(other.by_stage)
+        self.by_segment.merge(other.by_segment)
+        self.candidate_channels += other.candidate_channels
+        self.logger_channels += other.logger_channels
+        self.weight_sum += other.weight_sum
 
     def channel_shares(self) -> tuple[ChannelShare, ...]:
         n = self.ratios.rows
