@@ -17,6 +17,7 @@ from cvm_rl.policies.baselines import (
     RuleBasedPolicy,
 )
 from cvm_rl.policies.features import FeatureTransform
+from cvm_rl.policies.fitted_q import FittedQ, Transitions, fit_q
 from cvm_rl.policies.greedy import GreedyUpliftPolicy
 from cvm_rl.policies.mlp import MLPPolicy
 
@@ -26,6 +27,7 @@ __all__ = [
     "EpsilonMixturePolicy",
     "ExplorationPolicy",
     "FeatureTransform",
+    "FittedQ",
     "GreedyUpliftPolicy",
     "LinTSPolicy",
     "LinUCBPolicy",
@@ -36,5 +38,7 @@ __all__ = [
     "RandomPolicy",
     "Rule",
     "RuleBasedPolicy",
+    "Transitions",
+    "fit_q",
     "sample_actions",
 ]
