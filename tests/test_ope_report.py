@@ -541,3 +541,29 @@ def test_the_long_run_primary_follows_the_weights_effective_sample_size(
     assert chosen == primary
     assert reason in why
     assert len(long_run_warnings(diagnostics)) == warnings
+
+
+def test_resampling_customers_widens_intervals_for_rows_alike_within_a_customer(
+    logs: dict[str, Path],
+) -> None:
+    # Each customer's rewards are one draw repeated over its 4 weeks: the rows are 4 copies of
+    # 300 independent values, so resampling rows overstates the data by about 4 and its
+    # interval is about half as wide as resampling customers.
+    decisions = load_log(logs["db"]).decisions
+    _, codes = np.unique(decisions.customer_ids.astype(str), return_inverse=True)
+    effect = np.random.default_rng(0).normal(0, 10, codes.max() + 1)
+    decisions = _with_rewards(decisions, lambda a: effect[codes] + (a == 0))
+    widths = {}
+    for by_customer in (False, True):
+        result = evaluate_candidates(
+            decisions,
+            {"no_contact": NoContactPolicy(SCENARIO)},
+            scenario=SCENARIO,
+            long_run=False,
+            resample_customers=by_customer,
+            n_bootstrap=200,
+            self_check=False,
+        )
+        value = result.candidate("no_contact").primary[1].value
+        widths[by_customer] = value.high - value.low
+    assert 1.5 < widths[True] / widths[False] < 2.7

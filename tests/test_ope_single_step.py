@@ -293,6 +293,22 @@ def test_the_bootstrap_replicates_are_the_estimator_on_materialized_resamples() 
             assert replicates[e, b] == pytest.approx(est.estimate_policy_value(*resample))
 
 
+def test_clustered_resamples_draw_whole_clusters() -> None:
+    from cvm_rl.ope.intervals import clustered_multiplicities
+
+    clusters = np.array(["c", "a", "b", "a", "c", "c"])
+    blocks = np.concatenate(list(clustered_multiplicities(clusters, 20, seed=1)))
+    assert blocks.shape == (20, 6)
+    for name in "abc":
+        rows = np.flatnonzero(clusters == name)
+        assert (blocks[:, rows] == blocks[:, rows[:1]]).all()  # a cluster's rows count alike
+    # Each resample draws three clusters: the counts of one row per cluster add up to 3.
+    one_per_cluster = blocks[:, [1, 2, 0]]
+    assert (one_per_cluster.sum(axis=1) == 3).all()
+    again = np.concatenate(list(clustered_multiplicities(clusters, 20, seed=1)))
+    np.testing.assert_array_equal(blocks, again)
+
+
 def test_closed_form_intervals() -> None:
     inputs = BanditInputs.validate(*synthetic_log(400, seed=7))
     for est in MEAN_TYPE:

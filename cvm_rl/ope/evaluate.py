@@ -43,6 +43,7 @@ from cvm_rl.ope.intervals import (
     bootstrap_multiplicities,
     check_alpha,
     check_n_bootstrap,
+    clustered_multiplicities,
     percentile_interval,
 )
 from cvm_rl.ope.long_run import (
@@ -78,6 +79,7 @@ def evaluate_candidates(
     n_bootstrap: int = 200,
     seed: int = 0,
     long_run: bool = True,
+    resample_customers: bool = False,
     reward_model: CrossFittedRewardModel | None = None,
     self_check: bool = True,
     source: LogSource | None = None,
@@ -86,7 +88,9 @@ def evaluate_candidates(
 ) -> OpeResult:
     """Every candidate against the logger of ``decisions``, in memory (see the module
     docstring). ``scenario`` gives the reward and Q models their feature scaling;
-    ``sources`` describes each candidate (e.g. its bundle path); ``source`` the log."""
+    ``sources`` describes each candidate (e.g. its bundle path); ``source`` the log.
+    ``resample_customers``: the single-step intervals resample customers (all their rows
+    together) instead of rows, for rows that are not independent within a customer."""
     alpha = check_alpha(alpha)
     check_n_bootstrap(n_bootstrap)
     check_decisions(decisions)
@@ -143,7 +147,12 @@ def evaluate_candidates(
     for name, dist in dists.items():
         step(f"{name}: single-step estimators")
         sums = CandidateSums(groups, n_bootstrap)
-        sums.add(rows, dist, bootstrap_multiplicities(n, n_bootstrap, seed))
+        blocks = (
+            clustered_multiplicities(decisions.customer_ids.astype(str), n_bootstrap, seed)
+            if resample_customers
+            else bootstrap_multiplicities(n, n_bootstrap, seed)
+        )
+        sums.add(rows, dist, blocks)
         result, logger_reward = single_step_result(
             name,
             sums,
@@ -195,9 +204,10 @@ def evaluate_candidates(
         n_bootstrap,
         seed,
         long_run,
-        f"percentile bootstrap, {n_bootstrap} resamples (seed {seed}) of rows for single-step "
-        "values and of customers for long-run values; each lift from the same resamples as "
-        "its estimate (paired); nuisance models fitted once",
+        f"percentile bootstrap, {n_bootstrap} resamples (seed {seed}) of "
+        f"{'customers' if resample_customers else 'rows'} for single-step values and of "
+        "customers for long-run values; each lift from the same resamples as its estimate "
+        "(paired); nuisance models fitted once",
     )
     notes = [MEMORY_NOTE] if long_run else []
     if progress is not None:

@@ -64,6 +64,19 @@ def bootstrap_multiplicities(
         yield out
 
 
+def clustered_multiplicities(
+    clusters: np.ndarray, n_bootstrap: int, seed: int | None, *, block: int = 8
+) -> Iterator[np.ndarray]:
+    """Like :func:`bootstrap_multiplicities`, but resampling whole clusters: ``clusters``
+    (n,) gives each row's cluster (e.g. its customer), each resample draws the clusters with
+    replacement and a row counts as often as its cluster is drawn. For rows that are not
+    independent within a cluster (one customer's weeks)."""
+    _, codes = np.unique(np.asarray(clusters), return_inverse=True)
+    n_clusters = int(codes.max()) + 1 if len(codes) else 0
+    for drawn in bootstrap_multiplicities(n_clusters, n_bootstrap, seed, block=block):
+        yield drawn[:, codes]
+
+
 def percentile_interval(
     estimate: float, replicates: np.ndarray, alpha: float, method: str = "bootstrap"
 ) -> Interval:
