@@ -129,13 +129,6 @@ def test_padding_for_customers_with_fewer_steps(small_log: Trajectories) -> None
     np.testing.assert_array_equal(traj.reward[traj.valid], part.reward[traj.valid])
     assert (traj.reward[~traj.valid] == 0).all() and (traj.pscore[~traj.valid] == 1).all()
     np.testing.assert_allclose(traj.returns(), (part.reward * traj.valid).sum(axis=1))
-    # Returns to go: from the first step they are the discounted returns; by hand at each step.
-    togo = traj.returns_to_go(0.9)
-    np.testing.assert_allclose(togo[:, 0], traj.returns(0.9))
-    for i, t in [(0, 0), (7, 1), (59, lengths[59] - 1)]:
-        steps = np.arange(t, lengths[i])
-        assert togo[i, t] == pytest.approx(traj.reward[i, steps] @ 0.9 ** (steps - t))
-    assert (togo[~traj.valid] == 0).all()
 
     target = traj.target_probabilities(RuleBasedPolicy(SCENARIO))
     assert (target[~traj.valid][:, 0] == 1).all()

@@ -88,19 +88,6 @@ class Trajectories:
         returns: np.ndarray = (self.reward * self.valid) @ discounts
         return returns
 
-    def returns_to_go(self, gamma: float = 1.0) -> np.ndarray:
-        """(n, H) each step's logged discounted return from it on,
-        ``G_t = sum_{k >= t} gamma^(k - t) r_k`` (0 on padding): an unbiased label of the
-        logger's action value Q(s_t, a_t) over the rest of the logged steps."""
-        rewards = self.reward * self.valid
-        out = np.zeros_like(rewards)
-        running = np.zeros(self.n_customers)
-        for t in range(self.horizon - 1, -1, -1):
-            running = rewards[:, t] + float(gamma) * running
-            out[:, t] = running
-        togo: np.ndarray = np.where(self.valid, out, 0.0)
-        return togo
-
     def select(self, customers: np.ndarray) -> Trajectories:
         """The trajectories of ``customers`` (indices or a boolean mask over customers)."""
         index = np.arange(self.n_customers)[np.asarray(customers)]
