@@ -24,6 +24,7 @@ import numpy as np
 
 from cvm_rl.policies.base import Policy
 from simulator.config import Scenario
+from simulator.core import Population
 from simulator.vector_env import CustomerLifecycleVectorEnv
 
 
@@ -108,10 +109,13 @@ def rollout(
     oracle_info: bool = False,
     reseed_policy: bool = True,
     with_probabilities: bool = False,
+    watch: Callable[[Population], None] | None = None,
 ) -> Iterator[Transition]:
     """Simulate ``n_customers`` drawn with ``seed`` for ``weeks`` weeks (default: the
     scenario's horizon), deciding with ``decider`` each week; a fresh population is drawn
-    whenever the horizon ends. Yields one :class:`Transition` per week."""
+    whenever the horizon ends. Yields one :class:`Transition` per week. ``watch`` gets each
+    population drawn (to measure its latent state, e.g. the residual value, outside the
+    decider)."""
     if isinstance(n_customers, bool) or not isinstance(n_customers, int | np.integer):
         raise ValueError(f"n_customers must be an int >= 1, got {n_customers!r}")
     env = CustomerLifecycleVectorEnv(int(n_customers), scenario, oracle_info=oracle_info)
@@ -130,6 +134,8 @@ def rollout(
         policy.seed(policy_seed(seed))
     if callable(bind):
         bind(env.population)
+    if watch is not None:
+        watch(env.population)
     for week in range(int(horizon)):
         decisions = decide(obs, info["action_mask"], week)
         next_obs, reward, _, truncated, next_info = env.step(decisions.actions)
@@ -139,3 +145,5 @@ def rollout(
             obs, info = env.reset()
             if callable(bind):
                 bind(env.population)
+            if watch is not None:
+                watch(env.population)

@@ -26,28 +26,28 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvm_rl.loop.closed_loop import (
-    CANDIDATES,
-    DEFAULT_CANDIDATES,
-    STARTS,
-    LoopConfig,
-    plot_loop,
-    run_loop,
-)
+from cvm_rl.loop.candidates import CANDIDATES, DEFAULT_CANDIDATES, STARTS
+from cvm_rl.loop.closed_loop import ESTIMANDS, LoopConfig, run_loop
+from cvm_rl.loop.results import plot_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
 class Args:
-    customers: int = 10_000
+    customers: int = 20_000
     periods: int = 24
-    retrain_every: int = 4
-    epsilon: float = 0.1
+    retrain_every: int = 8
+    epsilon: float = 0.2
     seed: int = 0
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     start: str = "rules"
     n_bootstrap: int = 200
+    estimand: str = "advantage"
+    tail_value: bool = True
+    label_weeks: int | None = 1
+    gamma: float = 0.98
+    q_iterations: int | None = 60
     out: str = "runs/closed_loop"
     tag: str = ""
 
@@ -62,11 +62,45 @@ def parse_args() -> Args:
             parser.add_argument(flag, nargs="+", choices=CANDIDATES, default=list(value))
         elif f.name == "start":
             parser.add_argument(flag, choices=STARTS, default=value)
+        elif f.name == "estimand":
+            parser.add_argument(flag, choices=ESTIMANDS, default=value)
+        elif f.name == "q_iterations":
+            parser.add_argument(flag, type=int, default=value)
+        elif f.name == "label_weeks":
+            parser.add_argument(flag, type=_weeks, default=value, help="an int, or all")
+        elif f.name == "tail_value":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
         else:
             parser.add_argument(flag, type=type(value), default=value)
     parsed = vars(parser.parse_args())
     parsed["candidates"] = tuple(parsed["candidates"])
     return Args(**parsed)
+
+
+def _weeks(text: str) -> int | None:
+    return None if text == "all" else int(text)
+
+
+def _command_line(args: Args) -> str:
+    """The options that reproduce ``args``."""
+    parts = []
+    for key, value in dataclasses.asdict(args).items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{flag[2:]}")
+        elif key == "label_weeks" and value is None:
+            parts.append(f"{flag} all")
+        elif value is None or (key == "tag" and not value):
+            continue
+        else:
+            parts.append(f"{flag} {' '.join(value) if isinstance(value, tuple) else value}")
+    return " ".join(parts)
+
+
+def _estimate(value: dict[str, float] | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value['estimate']:+.4f} [{value['low']:+.4f}, {value['high']:+.4f}]"
 
 
 def main() -> None:
@@ -83,12 +117,7 @@ def main() -> None:
         f"{args.retrain_every}, epsilon {args.epsilon:g}, seed {args.seed}",
         "",
         "```",
-        ".venv/bin/python experiments/closed_loop.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, tuple) else v}"
-            for k, v in dataclasses.asdict(args).items()
-            if k != "tag" or v
-        ),
+        ".venv/bin/python experiments/closed_loop.py " + _command_line(args),
         "```",
         "",
         f"Candidates: {', '.join(args.candidates)}; start: {args.start}. "
@@ -96,23 +125,38 @@ def main() -> None:
         "",
         result.table(),
         "",
-        "## Promotions: OPE before, realized after (value per customer-week)",
+        "## Promotions: OPE before, realized after (per customer-week)",
         "",
-        "| after period | promoted | replaced | OPE estimate [95% CI] | serving policy's logged "
-        "value | realized while it served |",
-        "|---:|---|---|---|---|---|",
+        "OPE: the promoted candidate's lift over the serving policy, estimated before the "
+        "promotion. Realized: its lift over the policy it replaced while it served, in long-run "
+        "value (the week's reward plus the change of the residual value, measured in the "
+        "simulator), as a difference in differences against the control arm (the loop minus "
+        "the control while it served, minus the same while the replaced policy served; paired "
+        "by customer).",
+        "",
+        "| after period | promoted | replaced | OPE lift [95% CI] | realized lift [95% CI] | "
+        "weeks served (before) | value/customer-week while it served |",
+        "|---:|---|---|---|---|---|---:|",
     ]
     for p in result.promotions():
-        ope, logged = p["ope_value_per_week"], p["serving_logged_value_per_week"]
+        ope, realized = p["ope_lift_per_week"], p["realized_lift_per_week"]
         after = p["realized_value_per_week_after"]
         lines.append(
-            f"| {p['period']} | {p['promoted']} | {p['replaced']} | {ope['estimate']:.3f} "
-            f"[{ope['low']:.3f}, {ope['high']:.3f}] | {logged['estimate']:.3f} | "
-            + ("n/a" if after is None else f"{after:.3f} ({p['weeks_after']} weeks)")
+            f"| {p['period']} | {p['promoted']} | {p['replaced']} | {_estimate(ope)} | "
+            f"{_estimate(realized)} | {p['weeks_after']} ({p['weeks_before']}) | "
+            + ("n/a" if after is None else f"{after:.3f}")
             + " |"
         )
     if not result.promotions():
-        lines.append("| | none | | | | |")
+        lines.append("| | none | | | | | |")
+    total = result.realized_lift()
+    if total is not None:
+        lines += [
+            "",
+            f"Realized long-run value per customer over the {args.periods} weeks, the loop minus "
+            f"the control arm ({args.start} alone, same customers; paired): "
+            f"{total.format(signed=True)}.",
+        ]
     lines += ["", f"![value per period]({png.name})", ""]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))

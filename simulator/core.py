@@ -493,7 +493,11 @@ class Population:
         }
 
     def expected_no_contact_margin(
-        self, weeks: int = RESIDUAL_WEEKS, weekly_discount: float = RESIDUAL_WEEKLY_DISCOUNT
+        self,
+        weeks: int = RESIDUAL_WEEKS,
+        weekly_discount: float = RESIDUAL_WEEKLY_DISCOUNT,
+        *,
+        absent_as_zero: bool = False,
     ) -> np.ndarray:
         """(N,) expected margin of each customer over the next ``weeks`` weeks if nobody is
         contacted again, week ``w`` (0 = the next step) weighted by ``weekly_discount ** w``:
@@ -505,13 +509,15 @@ class Population:
         customer with weekly rate r and per-purchase dropout p, a week's expected purchases are
         (1 - exp(-r p)) / p and it survives the week with probability exp(-r p); a prospect's
         first purchase carries no dropout; a customer who dropped out comes back each week
-        with ``reactivation_prob``. Every customer must be present (arrivals have joined).
+        with ``reactivation_prob``. Every customer must be present (arrivals have joined),
+        unless ``absent_as_zero``: then a customer not yet arrived counts 0 (its value is
+        counted from its arrival on, as a measurement over time does).
         """
         if weeks < 0:
             raise ValueError(f"weeks must be >= 0, got {weeks}")
         if not 0.0 < weekly_discount <= 1.0:
             raise ValueError(f"weekly_discount must be in (0, 1], got {weekly_discount}")
-        if not self.present.all():
+        if not absent_as_zero and not self.present.all():
             raise ValueError(
                 f"{int((~self.present).sum())} customers have not arrived yet: the residual "
                 "value is defined once every customer is present"
@@ -556,6 +562,8 @@ class Population:
             customer_dead += prospect_alive * (first - lives)
             prospect_alive *= none
             total += weekly_discount**w * purchases * margin_per_purchase
+        if absent_as_zero:
+            total[~self.present] = 0.0
         return total
 
     # ------------------------------------------------------------------ dynamics

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvm_rl.loop.closed_loop import (
+from cvm_rl.loop.candidates import (
     CANDIDATES,
     DEFAULT_CANDIDATES,
     STARTS,
-    LoopConfig,
     customer_fold,
+    long_run_labels,
     response_from_log,
-    run_loop,
     served_with_epsilon,
 )
+from cvm_rl.loop.closed_loop import ESTIMANDS, LoopConfig, run_loop
 from cvm_rl.loop.engine import greedy_weights
 from cvm_rl.rollout import Decisions
 from simulator.config import load_scenario
@@ -62,7 +62,9 @@ def test_a_worse_candidate_is_refused_and_the_serving_model_stays(tmp_path: Path
     assert "no candidate's lift is above 0" in retrain.reason
     (random,) = retrain.candidates
     assert random.name == "random" and random.lift.low < 0
-    assert retrain.eval_rows + retrain.train_rows == 600
+    # Evaluated: the held-out customers' decisions but each one's latest (its week is in the
+    # label's CLV tail), i.e. one of their two weeks.
+    assert retrain.eval_rows == (600 - retrain.train_rows) // 2
     assert Path(retrain.report).is_file()
     # The service still serves the starting model: GetPolicyInfo at the end, and the log's
     # activations (no LoadBundle).
@@ -89,6 +91,9 @@ def test_a_candidate_the_log_supports_is_promoted_by_hot_reload(tmp_path: Path) 
         start="random",
         candidates=("no_contact", "random"),
         n_bootstrap=50,
+        # The whole policy over the window: never contacting beats random contacts, while
+        # skipping a single contact of the random campaign (the advantage) does not.
+        estimand="window",
     )
     result = run_loop(config)
 
@@ -114,11 +119,24 @@ def test_the_cli_registers_loop_with_the_loop_configs_defaults() -> None:
 
     args = build_parser().parse_args(["loop"])
     defaults = LoopConfig(Path("x"))
-    for name in ("customers", "periods", "retrain_every", "epsilon", "seed", "start"):
+    for name in (
+        "customers",
+        "periods",
+        "retrain_every",
+        "epsilon",
+        "seed",
+        "start",
+        "estimand",
+        "tail_value",
+        "label_weeks",
+        "gamma",
+        "q_iterations",
+    ):
         assert getattr(args, name) == getattr(defaults, name), name
     assert args.n_bootstrap == defaults.n_bootstrap
     assert tuple(args.candidates) == defaults.candidates == DEFAULT_CANDIDATES
     assert cli_loop.CANDIDATES == CANDIDATES and cli_loop.STARTS == STARTS
+    assert cli_loop.ESTIMANDS == ESTIMANDS
     assert isinstance(args, argparse.Namespace)
 
 
@@ -215,3 +233,49 @@ def test_the_customer_split_is_seeded_and_about_the_share() -> None:
     assert 0.45 < fold.mean() < 0.55
     np.testing.assert_array_equal(fold, customer_fold(ids, 0, 0.5))
     assert (fold != customer_fold(ids, 1, 0.5)).any()
+
+
+def test_long_run_labels_are_the_later_rewards_plus_the_value_where_they_stop(
+    tmp_path: Path,
+) -> None:
+    from cvm_rl.logs.simulated import simulate_to_log
+    from cvm_rl.logs.store import DecisionLog
+    from cvm_rl.ope.inputs import load_log
+    from cvm_rl.policies import RandomPolicy
+
+    scenario = load_scenario("default")
+    with DecisionLog(tmp_path / "log.db") as log:
+        simulate_to_log(RandomPolicy(scenario), scenario, log, customers=20, weeks=4, seed=3)
+    decisions = load_log(tmp_path / "log.db").decisions
+
+    def value(obs: np.ndarray) -> np.ndarray:
+        out: np.ndarray = 100.0 + obs.astype(np.float64).sum(axis=1)
+        return out
+
+    for weeks, kept_weeks in ((None, 3), (1, 3), (2, 2)):
+        labelled = long_run_labels(decisions, 0.5, value, weeks=weeks)
+        # Each customer keeps its decisions that have ``weeks`` later ones (or one, for None).
+        assert len(labelled) == 20 * kept_weeks
+        for customer in np.unique(decisions.customer_ids):
+            rows = np.flatnonzero(decisions.customer_ids == customer)
+            kept = np.flatnonzero(labelled.customer_ids == customer)
+            assert len(rows) == 4 and len(kept) == kept_weeks
+            rewards, obs = decisions.data.rewards[rows], decisions.data.obs[rows]
+            for t, row in enumerate(kept):
+                stop = 3 if weeks is None else t + weeks
+                expected = (
+                    sum(0.5 ** (k - t) * rewards[k] for k in range(t, stop))
+                    + 0.5 ** (stop - t) * value(obs[stop][None])[0]
+                    - value(obs[t][None])[0]
+                )
+                assert labelled.data.rewards[row] == pytest.approx(expected)
+                assert labelled.event_ids[row] == decisions.event_ids[rows[t]]
+    # Without a value: the return to go over the logged weeks, every row kept.
+    plain = long_run_labels(decisions, 1.0, None)
+    assert len(plain) == len(decisions)
+    first = np.flatnonzero(decisions.customer_ids == decisions.customer_ids[0])
+    assert plain.data.rewards[first[0]] == pytest.approx(decisions.data.rewards[first].sum())
+    two = long_run_labels(decisions, 1.0, None, weeks=2)
+    assert len(two) == 20 * 3
+    with pytest.raises(ValueError, match="weeks must be >= 1"):
+        long_run_labels(decisions, 1.0, None, weeks=0)

@@ -100,3 +100,15 @@ def test_customers_yet_to_arrive_are_refused(default_scenario: Scenario) -> None
     assert not pop.present.all()
     with pytest.raises(ValueError, match="have not arrived yet"):
         pop.expected_no_contact_margin()
+
+
+def test_customers_yet_to_arrive_count_zero_when_asked(default_scenario: Scenario) -> None:
+    pop = Population.create(default_scenario, 2000, np.random.default_rng(0))
+    absent = ~pop.present
+    values = pop.expected_no_contact_margin(absent_as_zero=True)
+    assert absent.any() and (values[absent] == 0).all()
+    # The present customers' values are those of the same customers once everyone is present.
+    pop.present[:] = True
+    everyone = pop.expected_no_contact_margin()
+    np.testing.assert_array_equal(values[~absent], everyone[~absent])
+    assert (everyone[absent] > 0).all()

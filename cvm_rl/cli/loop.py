@@ -6,13 +6,15 @@ asks ``DecideBatch`` for every customer each period (a week), applies the decisi
 simulator and reports the outcomes. Every --retrain-every periods, while the service keeps
 serving, it exports the decision log, trains the candidates from the logs alone (one half of
 the customers), evaluates them off-policy against the serving policy on the other half's
-last periods (the OPE report, in --out/ope/pN/report.html) and promotes through the
-service's hot reload (LoadBundle) only the candidate whose lower confidence bound of lift is
-above zero; otherwise it keeps the serving policy and says why. It prints a row per period
-and writes --out/loop.json and --out/loop.md:
+decisions (by default each decision's one-step advantage in long-run value; the OPE report
+in --out/ope/pN/report.html) and promotes through the service's hot reload (LoadBundle)
+only the candidate whose lower confidence bound of lift is above zero; otherwise it keeps
+the serving policy and says why. A control arm (the starting campaign alone, the same
+customers) gives the realized long-run lift. It prints a row per period and writes
+--out/loop.json and --out/loop.md:
 
-  cvm loop --out runs/loop --customers 10000 --periods 24 --retrain-every 4 \\
-      --candidates clv_planner linucb greedy
+  cvm loop --out runs/loop --customers 20000 --periods 24 --retrain-every 8 \\
+      --candidates clv_planner fqi q_improve
 """
 
 from __future__ import annotations
@@ -23,20 +25,38 @@ from pathlib import Path
 from cvm_rl.cli.common import CliError, needs_extra, positive_int
 
 HELP = "the closed loop: serve, log, retrain from the logs, evaluate off-policy, promote"
-CANDIDATES = ("clv_planner", "linucb", "greedy", "rules", "no_contact", "random")
+CANDIDATES = (
+    "clv_planner",
+    "fqi",
+    "q_improve",
+    "linucb",
+    "greedy",
+    "rules",
+    "no_contact",
+    "random",
+)
 STARTS = ("rules", "no_contact", "random")
+ESTIMANDS = ("advantage", "window")
 # cvm_rl.loop.closed_loop.LoopConfig's defaults (not imported: --help stays light; a test
 # checks they agree).
-DEFAULT_CANDIDATES = ("clv_planner", "linucb", "greedy")
-DEFAULTS: dict[str, int | float | str] = {
-    "customers": 10_000,
+DEFAULT_CANDIDATES = ("clv_planner", "fqi", "q_improve")
+DEFAULTS: dict[str, int | float | str | None] = {
+    "customers": 20_000,
     "periods": 24,
-    "retrain_every": 4,
-    "epsilon": 0.1,
+    "retrain_every": 8,
+    "epsilon": 0.2,
     "seed": 0,
     "start": "rules",
     "n_bootstrap": 200,
+    "estimand": "advantage",
+    "gamma": 0.98,
+    "label_weeks": 1,
+    "q_iterations": 60,
 }
+
+
+def _label_weeks(text: str) -> int | None:
+    return None if text == "all" else positive_int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +92,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start", choices=STARTS, default=DEFAULTS["start"], help="the starting campaign"
     )
+    parser.add_argument(
+        "--estimand",
+        choices=ESTIMANDS,
+        default=DEFAULTS["estimand"],
+        help="what OPE values: the one-step advantage in long-run value (labels: the logged "
+        "rewards plus a CLV tail) or the whole policy over the last K weeks' rewards",
+    )
+    parser.add_argument(
+        "--no-tail-value",
+        dest="tail_value",
+        action="store_false",
+        help="advantage labels stop at the last logged week (no CLV tail)",
+    )
+    parser.add_argument(
+        "--label-weeks",
+        type=_label_weeks,
+        default=DEFAULTS["label_weeks"],
+        metavar="N|all",
+        help="weeks of logged rewards in an advantage label before its CLV tail (all: every "
+        "logged week)",
+    )
+    parser.add_argument(
+        "--gamma",
+        type=float,
+        default=DEFAULTS["gamma"],
+        help="weekly discount of the fitted Q-functions (fqi, q_improve)",
+    )
+    parser.add_argument(
+        "--q-iterations",
+        type=positive_int,
+        default=DEFAULTS["q_iterations"],
+        help="fitted Q iterations (60 keep 70 %% of the weight at --gamma 0.98)",
+    )
     parser.add_argument("--scenario", default="default", help="built-in name or TOML path")
     parser.add_argument(
         "--n-bootstrap",
@@ -105,6 +158,11 @@ def run(args: argparse.Namespace) -> int:
             start=args.start,
             scenario=args.scenario,
             n_bootstrap=args.n_bootstrap,
+            estimand=args.estimand,
+            tail_value=args.tail_value,
+            label_weeks=args.label_weeks,
+            gamma=args.gamma,
+            q_iterations=args.q_iterations,
         )
     except ValueError as exc:
         option = str(exc).split(" ", 1)[0].replace("_", "-")
@@ -113,13 +171,23 @@ def run(args: argparse.Namespace) -> int:
     table = result.table()
     print(table)
     for p in result.promotions():
-        after = p["realized_value_per_week_after"]
-        ope = p["ope_value_per_week"]
+        ope, realized = p["ope_lift_per_week"], p["realized_lift_per_week"]
         print(
             f"[loop] promotion after period {p['period']}: {p['promoted']} replaced "
-            f"{p['replaced']}; OPE value per customer-week {ope['estimate']:+.3f} "
-            f"[{ope['low']:+.3f}, {ope['high']:+.3f}], realized after it "
-            + ("n/a" if after is None else f"{after:+.3f} over {p['weeks_after']} weeks")
+            f"{p['replaced']}; OPE lift per customer-week {ope['estimate']:+.3f} "
+            f"[{ope['low']:+.3f}, {ope['high']:+.3f}], realized while it served "
+            + (
+                "n/a"
+                if realized is None
+                else f"{realized['estimate']:+.3f} [{realized['low']:+.3f}, "
+                f"{realized['high']:+.3f}] over {p['weeks_after']} weeks"
+            )
+        )
+    total = result.realized_lift()
+    if total is not None:
+        print(
+            f"[loop] realized long-run value per customer, the loop minus the control arm "
+            f"({config.start} alone): {total.format(signed=True)}"
         )
     out = Path(args.out)
     result.write_json(out / "loop.json")

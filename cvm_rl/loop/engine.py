@@ -17,11 +17,71 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cvm_rl.policies.base import TIE_RTOL
-from cvm_rl.rollout import Decisions, Transition, rollout
+from cvm_rl.policies.base import TIE_RTOL, Policy
+from cvm_rl.rollout import Decisions, Transition, policy_decider, policy_seed, rollout
 from server.client import Decision, DecisionClient, Eligibility, Outcome
 from server.config import DEFAULT_MAX_BATCH_ROWS
 from simulator.config import Scenario
+from simulator.core import Population
+
+
+class RealizedValue:
+    """Each customer's realized long-run value so far: the rewards to date plus the residual
+    value the customer carries (the simulator's expected margin of the next 52 weeks without
+    contact, from the latent state). The engine can measure it because it drives the world;
+    no policy sees it. ``history`` holds one (N,) snapshot per week, the first before any
+    decision."""
+
+    def __init__(self, customers: int) -> None:
+        self.rewards = np.zeros(customers)
+        self.population: Population | None = None
+        self.history: list[np.ndarray] = []
+
+    def watch(self, population: Population) -> None:
+        self.population = population
+        if not self.history:
+            self.history.append(self.long_run())
+
+    def long_run(self) -> np.ndarray:
+        """(N,) rewards to date plus the residual value (0 for customers not yet arrived:
+        their value counts from their arrival on)."""
+        pop = self.population
+        if pop is None:
+            raise ValueError("no population yet: the value is measured once the rollout starts")
+        total: np.ndarray = self.rewards + pop.expected_no_contact_margin(absent_as_zero=True)
+        return total
+
+    def add_week(self, reward: np.ndarray) -> None:
+        self.rewards += reward
+        self.history.append(self.long_run())
+
+    def increments(self) -> np.ndarray:
+        """(weeks, N) each week's realized long-run value: its reward plus the change of the
+        residual value (they add up to the rewards plus the final residual, minus the first)."""
+        history = np.array(self.history)
+        steps: np.ndarray = np.diff(history, axis=0)
+        return steps
+
+
+def simulate_control(
+    policy: Policy, scenario: Scenario, *, customers: int, seed: int, weeks: int
+) -> RealizedValue:
+    """The same population as a :class:`SimulatedCampaignEngine` of ``seed`` run for
+    ``weeks`` weeks, deciding with ``policy`` in process (the control arm a loop is compared
+    with: same customers, same draws of the world until the decisions differ)."""
+    value = RealizedValue(customers)
+    policy.seed(policy_seed(seed))
+    steps = rollout(
+        policy_decider(policy),
+        scenario,
+        n_customers=customers,
+        weeks=weeks,
+        seed=seed,
+        watch=value.watch,
+    )
+    for t in steps:
+        value.add_week(t.reward)
+    return value
 
 
 @dataclass
@@ -120,6 +180,7 @@ class SimulatedCampaignEngine:
         # Actions 1..n_channels send the first offer through each channel, in catalog order.
         self.channels = np.array([channel for _, channel in info.actions[1 : 1 + n_channels]])
         self.weeks_run = 0
+        self.value = RealizedValue(customers)
         self._steps: Iterator[Transition] | None = None
         self._served: list[Decision] = []
         self._stats = EngineRun()
@@ -162,7 +223,12 @@ class SimulatedCampaignEngine:
         if self._steps is None:
             total = weeks if self.total_weeks is None else self.total_weeks
             self._steps = rollout(
-                self._decide, self.scenario, n_customers=self.customers, weeks=total, seed=self.seed
+                self._decide,
+                self.scenario,
+                n_customers=self.customers,
+                weeks=total,
+                seed=self.seed,
+                watch=self.value.watch,
             )
         stats = self._stats = EngineRun()
         for _ in range(weeks):
@@ -195,5 +261,6 @@ class SimulatedCampaignEngine:
             stats.greedy_reward += float(weights @ t.reward)
             stats.propensities.extend(t.decisions.propensities.tolist())
             stats.total_reward += float(t.reward.sum())
+            self.value.add_week(t.reward)
             self.weeks_run += 1
         return stats
