@@ -507,7 +507,7 @@ def _evaluations(
                 bundle=str(paths[c.name]),
                 model_id=model_ids[c.name],
                 estimator=primary.estimator.upper(),
-                lift=interval_estimate(primary.lift),
+                lift=interval_estimate(primary.lift, scale),
                 value_per_week=interval_estimate(primary.value, scale),
                 verdict=c.verdict,
             )

@@ -44,7 +44,7 @@ class CandidateEvaluation:
     bundle: str
     model_id: str
     estimator: str
-    lift: Estimate  # per customer over the evaluated weeks (long run) or per decision
+    lift: Estimate  # per customer-week (a long-run lift over the evaluated weeks divided by them)
     value_per_week: Estimate  # per customer-week
     verdict: str
 
