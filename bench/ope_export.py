@@ -12,12 +12,13 @@ of a weekly campaign (``--weeks`` 13 partitions, each customer decided once a we
 13 customers): even the 1M export's weekly files (76,924 rows) exceed one record batch of the
 evaluation (65,536 rows), so every size is read in full batches and only the rows differ.
 Features are drawn inside the default scenario's observation bounds (integer counts, one-hot
-stage and segment, opt-ins fixed per customer, the calendar features of the week),
+stage, opt-ins and one-hot profile attributes fixed per customer, the latent segment's
+one-hot only where the scenario observes it, the calendar features of the week),
 eligibility follows the simulator's rule (opted in, under the channel and overall contact
 caps), and the logger is the demo's served campaign: the rule-based policy with
 ``--epsilon`` uniform exploration over the eligible actions (full support), its whole
 distribution logged with the propensity of the drawn action. Rewards: a purchase by stage and
-segment (likelier after a contact) times a spend, minus the channel's contact cost.
+latent segment (likelier after a contact) times a spend, minus the channel's contact cost.
 
 Each export is evaluated in a fresh process, as ``cvm ope report --no-long-run`` streams it
 (the rules and no-contact candidates and the logger's self-check, ``--n-bootstrap`` Poisson
@@ -103,6 +104,12 @@ class Generator:
         segments = list(scenario.segments.values())
         self.segment_cdf = np.cumsum([s.share for s in segments]) / sum(s.share for s in segments)
         self.segment_rate = np.array([s.rate_multiplier for s in segments])
+        # Per attribute: (segments, members) cumulative member probabilities, as the simulator's
+        # tables (every attribute has a distribution for every segment: the scenario checks it).
+        self.attribute_cdf = {
+            name: np.cumsum([attribute.by_segment[s] for s in scenario.segments], axis=1)
+            for name, attribute in scenario.attributes.items()
+        }
 
     def file_schema(self) -> pa.Schema:
         """The export schema without ``date`` (the partition directory holds it), with the
@@ -120,23 +127,38 @@ class Generator:
             }
         }
 
-    def customer_traits(self, customers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Segment and opt-ins of each customer: the same every week (hashed from its
-        index and the seed, not drawn from a batch's generator)."""
+    def customer_traits(
+        self, customers: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Latent segment, opt-ins and profile attributes of each customer: the same every
+        week (hashed from its index and the seed, not drawn from a batch's generator).
+
+        The segment is drawn by the segments' shares, and each attribute's member from the
+        scenario's distribution for the customer's segment (``attributes.*.by_segment``, by
+        inverse transform, as the simulator draws them), so the attributes hint at the segment
+        as they do in the simulator. A scenario must give every attribute a distribution for
+        every segment, so none is ever drawn uniformly. The attributes are returned as their
+        observation groups (one-hot, in ``members`` order)."""
         segment = np.searchsorted(self.segment_cdf, _uniform(customers, self.seed, 0))
         segment = np.minimum(segment, len(self.segment_cdf) - 1)
         opt_in = np.stack(
             [_uniform(customers, self.seed, 1 + c) < p for c, p in enumerate(self.opt_in_prob)],
             axis=1,
         )
-        return segment, opt_in
+        attributes: dict[str, np.ndarray] = {}
+        for k, (name, cdf) in enumerate(self.attribute_cdf.items()):
+            u = _uniform(customers, self.seed, 1 + len(self.opt_in_prob) + k)  # after opt-ins'
+            # the first member whose cumulative probability exceeds u (never past the last)
+            member = np.minimum((u[:, None] >= cdf[segment]).sum(axis=1), cdf.shape[1] - 1)
+            attributes[name] = one_hot(member, cdf.shape[1])
+        return segment, opt_in, attributes
 
     def batch(self, week: int, start: int, stop: int) -> pa.RecordBatch:
         sc = self.scenario
         rng = np.random.default_rng([self.seed, week, start])
         n = stop - start
         customers = np.arange(start, stop)
-        segment, opt_in = self.customer_traits(customers)
+        segment, opt_in, attributes = self.customer_traits(customers)
         stage = rng.choice(len(STAGES), n, p=[0.05, 0.1, 0.4, 0.2, 0.1, 0.1, 0.05])
         recency = np.minimum(rng.geometric(0.12, n) - 1, 520)
         tenure = np.minimum(recency + rng.integers(0, 300, n), 520)
@@ -158,7 +180,8 @@ class Generator:
                 "contacts_in_window": counts,
                 "opt_in": opt_in,
                 "stage": one_hot(stage, len(STAGES)),
-                "segment": one_hot(segment, len(sc.segments)),
+                **attributes,
+                **({"segment": one_hot(segment, len(sc.segments))} if sc.segment_observed else {}),
                 "week_of_year_sin": np.sin(angle),
                 "week_of_year_cos": np.cos(angle),
                 "horizon_progress": min(week, sc.horizon_weeks) / sc.horizon_weeks,
