@@ -45,7 +45,7 @@ class Args:
     n_bootstrap: int = 200
     estimand: str = "advantage"
     tail_value: bool = True
-    label_weeks: int | None = 1
+    label_weeks: int | None = None
     gamma: float = 0.98
     q_iterations: int | None = 60
     out: str = "runs/closed_loop"

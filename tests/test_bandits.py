@@ -150,6 +150,27 @@ def test_update_matches_the_ridge_solution() -> None:
     assert policy.counts.tolist() == np.bincount(actions, minlength=4).tolist()
 
 
+def test_a_full_information_update_fits_every_eligible_action_on_every_row() -> None:
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(200, 3))
+    mask = rng.random((200, 4)) < 0.7
+    scores = rng.normal(size=(200, 4))
+    scores[~mask] = np.nan  # read only where eligible
+    policy = LinUCBPolicy(None, n_features=3, n_actions=4, ridge=2.0)
+    policy.update_all(X, mask, scores)
+    design = np.hstack([np.ones((200, 1)), X])
+    for a in range(4):
+        rows = mask[:, a]
+        Xa = design[rows]
+        theta = np.linalg.solve(2.0 * np.eye(4) + Xa.T @ Xa, Xa.T @ scores[rows, a])
+        np.testing.assert_allclose(policy.theta[a], theta, rtol=1e-10, atol=1e-12)
+    assert policy.counts.tolist() == mask.sum(axis=0).tolist()
+    with pytest.raises(ValueError, match="scores must have shape"):
+        policy.update_all(X, mask, scores[:, :3])
+    with pytest.raises(ValueError, match="mask must be a boolean"):
+        policy.update_all(X, mask.astype(int), scores)
+
+
 # --------------------------------------------------------------------------- learning
 D, K, BATCH, ROUNDS, NOISE = 5, 5, 20, 2000, 2.0
 

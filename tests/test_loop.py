@@ -140,6 +140,12 @@ def test_the_cli_registers_loop_with_the_loop_configs_defaults() -> None:
     assert isinstance(args, argparse.Namespace)
 
 
+def test_the_loop_out_directory_is_absolute() -> None:
+    # The service runs in its own directory: a relative bundle path would not resolve there.
+    config = LoopConfig(Path("runs/closed_loop"))
+    assert config.out.is_absolute() and config.out == Path.cwd() / "runs/closed_loop"
+
+
 def test_the_loop_config_refuses_what_cannot_work() -> None:
     with pytest.raises(ValueError, match="epsilon"):
         LoopConfig(Path("x"), epsilon=0.0)

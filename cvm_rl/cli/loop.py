@@ -14,7 +14,7 @@ customers) gives the realized long-run lift. It prints a row per period and writ
 --out/loop.json and --out/loop.md:
 
   cvm loop --out runs/loop --customers 20000 --periods 24 --retrain-every 8 \\
-      --candidates clv_planner fqi q_improve
+      --candidates clv_planner fqi q_improve dr_bandit
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ CANDIDATES = (
     "clv_planner",
     "fqi",
     "q_improve",
+    "dr_bandit",
     "linucb",
     "greedy",
     "rules",
@@ -39,7 +40,7 @@ STARTS = ("rules", "no_contact", "random")
 ESTIMANDS = ("advantage", "window")
 # cvm_rl.loop.closed_loop.LoopConfig's defaults (not imported: --help stays light; a test
 # checks they agree).
-DEFAULT_CANDIDATES = ("clv_planner", "fqi", "q_improve")
+DEFAULT_CANDIDATES = ("clv_planner", "fqi", "q_improve", "dr_bandit")
 DEFAULTS: dict[str, int | float | str | None] = {
     "customers": 20_000,
     "periods": 24,
@@ -50,7 +51,7 @@ DEFAULTS: dict[str, int | float | str | None] = {
     "n_bootstrap": 200,
     "estimand": "advantage",
     "gamma": 0.98,
-    "label_weeks": 1,
+    "label_weeks": None,
     "q_iterations": 60,
 }
 

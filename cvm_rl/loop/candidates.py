@@ -22,6 +22,7 @@ CANDIDATES = (
     "clv_planner",
     "fqi",
     "q_improve",
+    "dr_bandit",
     "linucb",
     "greedy",
     "rules",
@@ -29,7 +30,7 @@ CANDIDATES = (
     "random",
 )
 """Candidate kinds :func:`run_loop` can train (see the module docstring)."""
-DEFAULT_CANDIDATES = ("clv_planner", "fqi", "q_improve")
+DEFAULT_CANDIDATES = ("clv_planner", "fqi", "q_improve", "dr_bandit")
 STARTS = ("rules", "no_contact", "random")
 """Policies the loop can start from (built from the scenario alone)."""
 
@@ -65,6 +66,7 @@ def build_candidate(
     config: LoopConfig,
     *,
     serving_q: FittedQ | None = None,
+    labelled: LoggedDecisions | None = None,
     period: int = 0,
 ) -> Policy:
     """Candidate ``name`` (one of :data:`CANDIDATES`) trained on the logged ``train`` rows;
@@ -72,6 +74,10 @@ def build_candidate(
     from cvm_rl.policies import GreedyUpliftPolicy, LinUCBPolicy
     from cvm_rl.policies.planner import CLVPlannerPolicy
 
+    if name == "dr_bandit":
+        if labelled is None:
+            raise ValueError("labelled: dr_bandit learns from the long-run labels of the log")
+        return dr_bandit(scenario, labelled, seed=config.seed + period)
     if name == "fqi":
         return fit_q_function(config, scenario, train, None, period).policy("fqi", seed=config.seed)
     if name == "q_improve":
@@ -93,6 +99,29 @@ def build_candidate(
     if name in STARTS:
         return untrained(name, scenario, config.seed)
     raise ValueError(f"candidate: unknown {name!r}; known: {', '.join(CANDIDATES)}")
+
+
+def dr_bandit(scenario: Scenario, labelled: LoggedDecisions, *, seed: int) -> Policy:
+    """A contextual bandit learned from the logged propensities by doubly robust policy
+    learning: each row's doubly robust estimate of every eligible action's label,
+    ``q(x, a) + 1[a = a_i] (y_i - q(x, a_i)) / p_i`` with a cross-fitted boosted-tree ``q``,
+    regressed per action on the features (ridge), greedy on the fit. On the loop's long-run
+    labels (:func:`long_run_labels`) it is a one-step long-run policy learned off-policy."""
+    from cvm_rl.ope.reward_model import CrossFittedRewardModel
+    from cvm_rl.policies import LinUCBPolicy
+    from cvm_rl.policies.features import FeatureTransform
+
+    data = labelled.data
+    n, n_actions = len(labelled), data.mask.shape[1]
+    features = FeatureTransform.from_scenario(scenario).scaled(data.obs)
+    model = CrossFittedRewardModel(regressor="hist_gradient_boosting", seed=seed)
+    estimated = model.fit_predict(features, data.actions, data.rewards, n_actions)
+    scores = estimated.estimated_rewards.copy()
+    rows = np.arange(n)
+    scores[rows, data.actions] += (data.rewards - scores[rows, data.actions]) / data.propensities
+    bandit = LinUCBPolicy(scenario, alpha=0.0, seed=seed)  # greedy on the ridge fit
+    bandit.update_all(data.obs, data.mask, scores)
+    return bandit
 
 
 def fit_q_function(

@@ -146,6 +146,31 @@ class LinearBandit(Policy):
         if len(touched):
             self._refresh(touched)
 
+    def update_all(self, obs: np.ndarray, mask: np.ndarray, scores: np.ndarray) -> None:
+        """Add a batch with a (pseudo-)reward for every eligible action of each row: ``scores``
+        (N, K), read where ``mask`` (N, K) is True. With doubly robust scores from a log this
+        is doubly robust policy learning (Dudik, Langford and Li 2011): each action's ridge
+        fit on its estimated reward for every row, not only the rows that took it."""
+        X = self.features(obs)
+        n = len(X)
+        mask = np.asarray(mask)
+        scores = np.asarray(scores, dtype=np.float64)
+        if mask.shape != (n, self.n_actions) or mask.dtype != bool:
+            raise ValueError(f"mask must be a boolean ({n}, {self.n_actions}) array")
+        if scores.shape != (n, self.n_actions):
+            raise ValueError(f"scores must have shape ({n}, {self.n_actions}), got {scores.shape}")
+        if not np.isfinite(scores[mask]).all():
+            raise ValueError("scores must be finite where mask is True")
+        touched = np.flatnonzero(mask.any(axis=0))
+        for a in touched:
+            rows = mask[:, a]
+            Xa = X[rows]
+            self.A[a] += Xa.T @ Xa
+            self.b[a] += Xa.T @ scores[rows, a]
+        self.counts += mask.sum(axis=0)
+        if len(touched):
+            self._refresh(touched)
+
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Plain arrays and hyperparameters; :meth:`from_state_dict` rebuilds the model.
