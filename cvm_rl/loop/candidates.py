@@ -29,7 +29,8 @@ CANDIDATES = (
     "no_contact",
     "random",
 )
-"""Candidate kinds :func:`run_loop` can train (see the module docstring)."""
+"""Candidate kinds :func:`~cvm_rl.loop.closed_loop.run_loop` can train (see its module
+docstring)."""
 DEFAULT_CANDIDATES = ("clv_planner", "fqi", "q_improve", "dr_bandit")
 STARTS = ("rules", "no_contact", "random")
 """Policies the loop can start from (built from the scenario alone)."""
