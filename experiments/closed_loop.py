@@ -48,6 +48,7 @@ class Args:
     label_weeks: int | None = None
     gamma: float = 0.98
     q_iterations: int | None = 60
+    confirm_window: bool = True
     out: str = "runs/closed_loop"
     tag: str = ""
 
@@ -68,7 +69,7 @@ def parse_args() -> Args:
             parser.add_argument(flag, type=int, default=value)
         elif f.name == "label_weeks":
             parser.add_argument(flag, type=_weeks, default=value, help="an int, or all")
-        elif f.name == "tail_value":
+        elif f.name in ("tail_value", "confirm_window"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
         else:
             parser.add_argument(flag, type=type(value), default=value)

@@ -21,7 +21,7 @@ from cvm_rl.loop.candidates import (
     response_from_log,
     served_with_epsilon,
 )
-from cvm_rl.loop.closed_loop import ESTIMANDS, LoopConfig, run_loop
+from cvm_rl.loop.closed_loop import ESTIMANDS, LoopConfig, run_loop, window_veto
 from cvm_rl.loop.engine import greedy_weights
 from cvm_rl.rollout import Decisions
 from simulator.config import load_scenario
@@ -129,6 +129,7 @@ def test_the_cli_registers_loop_with_the_loop_configs_defaults() -> None:
         "estimand",
         "tail_value",
         "label_weeks",
+        "confirm_window",
         "gamma",
         "q_iterations",
     ):
@@ -285,3 +286,20 @@ def test_long_run_labels_are_the_later_rewards_plus_the_value_where_they_stop(
     assert len(two) == 20 * 3
     with pytest.raises(ValueError, match="weeks must be >= 1"):
         long_run_labels(decisions, 1.0, None, weeks=0)
+
+
+def test_the_whole_policy_check_vetoes_unless_its_lower_bound_is_above_zero() -> None:
+    from cvm_rl.loop.results import CandidateEvaluation, Estimate
+
+    config = LoopConfig(Path("x"), retrain_every=8)
+
+    def evaluation(low: float) -> CandidateEvaluation:
+        lift = Estimate(0.1, low, 0.3)
+        return CandidateEvaluation("c", "b", "m", "MIS", lift, lift, "")
+
+    assert window_veto(None, config) is None  # no check asked for
+    assert window_veto(evaluation(0.01), config) is None
+    for low in (-0.05, 0.0, float("nan")):  # a bound that is not above zero, or none
+        reason = window_veto(evaluation(low), config)
+        assert reason is not None and "not above 0 with 95% confidence" in reason
+        assert "last 8 weeks" in reason

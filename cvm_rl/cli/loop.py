@@ -115,6 +115,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "logged week)",
     )
     parser.add_argument(
+        "--no-confirm-window",
+        dest="confirm_window",
+        action="store_false",
+        help="promote on the advantage alone, without the whole-policy estimate over the last "
+        "K weeks agreeing",
+    )
+    parser.add_argument(
         "--gamma",
         type=float,
         default=DEFAULTS["gamma"],
@@ -162,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             estimand=args.estimand,
             tail_value=args.tail_value,
             label_weeks=args.label_weeks,
+            confirm_window=args.confirm_window,
             gamma=args.gamma,
             q_iterations=args.q_iterations,
         )

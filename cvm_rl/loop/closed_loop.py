@@ -30,8 +30,9 @@ outcomes reported. Every ``retrain_every`` periods, while the service keeps serv
 4. **Promote** through the service's hot reload (``DecisionAdmin.LoadBundle``, by
    :func:`cvm_rl.loop.replicas.promote`, which confirms it) only the report's
    recommendation: the candidate with the highest lower confidence bound of its primary
-   lift, if that bound is above zero; otherwise keep the serving policy and record the
-   report's reason.
+   lift, if that bound is above zero and (under ``advantage``, unless ``confirm_window`` is
+   off) the candidate's whole-policy lift over the last ``retrain_every`` weeks is above zero
+   too (:func:`window_veto`); otherwise keep the serving policy and record the reason.
 
 Each period's row (:class:`PeriodRow`) records the model served, decisions made and logged,
 the realized value per customer, the explored share and exploration's cost (the week's
@@ -80,6 +81,7 @@ from cvm_rl.loop.results import (
 from simulator.core import RESIDUAL_WEEKLY_DISCOUNT
 
 if TYPE_CHECKING:
+    from cvm_rl.logs.arrays import LoggedDecisions
     from cvm_rl.ope.results import OpeResult
     from cvm_rl.policies.base import Policy
     from simulator.config import Scenario
@@ -101,8 +103,9 @@ ESTIMANDS = ("advantage", "window")
   week). Fewer ``label_weeks`` narrow the intervals and put more weight on the surrogate, which
   a candidate trained on the same labels can game: with 1-week labels the gate promoted the
   doubly robust bandit at +0.42 [+0.02, +0.91] per customer-week and it realized -0.14 (it
-  bought purchases whose CLV jump the surrogate credits). With ``tail_value=False`` the label
-  is the logged rewards alone.
+  bought purchases whose CLV jump the surrogate credits; ``confirm_window``, the default,
+  vetoes it: its whole-policy lift over the window was -0.139 [-0.231, -0.053]). With
+  ``tail_value=False`` the label is the logged rewards alone.
   A fitted value of the next state (fitted Q evaluation of the serving policy) is not the
   label: tried, it valued the states after a contact by the customers the rules contact (the
   latent segment is not in the state), the report endorsed a fitted-Q-iteration policy with
@@ -143,6 +146,9 @@ class LoopConfig:
     # Fitted Q iterations; None: enough for gamma (fitted_q.default_iterations, 228 at 0.98).
     q_iterations: int | None = 60
     control: bool = True  # also simulate the starting campaign alone, to compare with
+    # Under ``advantage``, promote only if the recommended candidate's whole-policy lift over
+    # the last ``retrain_every`` weeks (the ``window`` estimand) is above zero as well.
+    confirm_window: bool = True
 
     def __post_init__(self) -> None:
         # Absolute: the service runs in its own directory and loads bundles by path.
@@ -392,11 +398,14 @@ def _retrain(
             clv_surrogate(scenario) if config.tail_value else None,
             weeks=config.label_weeks,
         )
-    else:
-        weeks = np.array([SimulatedCampaignEngine.week_of(e) for e in decisions.event_ids])
-        first_week = period - config.retrain_every  # 0-based weeks of the last K periods
-        evaluated = (~trains) & (weeks >= first_week) & (decisions.model_ids == serving.model_id)
-        evaluate = decisions.take(np.flatnonzero(evaluated))
+    # The held-out decisions of the last K periods, all by the serving model: the window the
+    # whole-policy (sequential) estimators read.
+    weeks = np.array([SimulatedCampaignEngine.week_of(e) for e in decisions.event_ids])
+    first_week = period - config.retrain_every  # 0-based weeks of the last K periods
+    in_window = (~trains) & (weeks >= first_week) & (decisions.model_ids == serving.model_id)
+    window = decisions.take(np.flatnonzero(in_window))
+    if config.estimand == "window":
+        evaluate = window
 
     policies: dict[str, Policy] = {}
     sources: dict[str, str] = {}
@@ -479,10 +488,19 @@ def _retrain(
         evaluations, key=lambda c: c.lift.low if math.isfinite(c.lift.low) else -math.inf
     ).name
     promoted: str | None = None
+    confirmation: CandidateEvaluation | None = None
     if recommendation.candidate is not None:
         name = recommendation.candidate
-        if model_ids[name] == serving.model_id:
+        same = model_ids[name] == serving.model_id
+        if config.estimand == "advantage" and config.confirm_window and not same:
+            confirmation = _confirm_window(
+                config, scenario, period, window, name, policies[name], sources, paths, model_ids
+            )
+        vetoed = window_veto(confirmation, config)
+        if same:
             reason = f"{name} is the serving model already; {recommendation.reason}"
+        elif vetoed is not None:
+            reason = f"{recommendation.reason}; but {vetoed}; kept the serving policy"
         else:
             results = promote(replicas, paths[name], model_id=model_ids[name])
             if not all(r.ok for r in results):
@@ -506,7 +524,59 @@ def _retrain(
         reason=reason,
         report=str(report_dir / "report.html"),
         seconds=time.perf_counter() - started,
+        confirmation=confirmation,
     )
+
+
+def window_veto(confirmation: CandidateEvaluation | None, config: LoopConfig) -> str | None:
+    """Why the whole-policy evaluation ``confirmation`` vetoes a promotion (its lift's lower
+    bound is not above zero, or could not be computed), or None (no veto, or none asked)."""
+    if confirmation is None or confirmation.lift.low > 0:
+        return None
+    return (
+        f"its whole-policy lift over the last {config.retrain_every} weeks is not above 0 with "
+        f"{1 - config.alpha:.0%} confidence: {confirmation.lift.format(signed=True)} per "
+        f"customer-week ({confirmation.estimator})"
+    )
+
+
+def _confirm_window(
+    config: LoopConfig,
+    scenario: Scenario,
+    period: int,
+    window: LoggedDecisions,
+    name: str,
+    policy: Policy,
+    sources: Mapping[str, str],
+    paths: Mapping[str, Path],
+    model_ids: Mapping[str, str],
+) -> CandidateEvaluation:
+    """The recommended candidate valued as a whole policy over the window's logged rewards
+    (the sequential estimators; report in ``out/ope/pN-window``); a lift that is not above
+    zero vetoes the promotion (NaN bounds, e.g. too few customers, veto too)."""
+    from cvm_rl.ope.evaluate import evaluate_candidates
+    from cvm_rl.ope.inputs import OpeInputError
+    from cvm_rl.ope.report import write_report
+    from cvm_rl.ope.reward_model import CrossFittedRewardModel
+
+    nan = Estimate(math.nan, math.nan, math.nan)
+    try:
+        ope = evaluate_candidates(
+            window,
+            {name: policy},
+            scenario=scenario,
+            alpha=config.alpha,
+            n_bootstrap=config.n_bootstrap,
+            seed=config.seed + period,
+            reward_model=CrossFittedRewardModel(seed=config.seed + period),
+            self_check=False,
+            sources={name: sources[name]},
+        )
+    except OpeInputError:
+        return CandidateEvaluation(name, str(paths[name]), model_ids[name], "none", nan, nan, "")
+    write_report(ope, config.out / "ope" / f"p{period}-window")
+    (evaluation,) = _evaluations(ope, paths, model_ids)
+    return evaluation
 
 
 def _evaluations(

@@ -53,7 +53,10 @@ class CandidateEvaluation:
 class Retrain:
     """What a retrain after ``period`` did: the rows it trained and evaluated on, each
     candidate's evaluation, the candidate the report ranked first (``considered``), the one
-    promoted (None: the serving policy stays) and why, and where the report is."""
+    promoted (None: the serving policy stays) and why, and where the report is;
+    ``confirmation``, the recommended candidate's whole-policy evaluation over the last
+    weeks when the gate asks for one (:class:`~cvm_rl.loop.closed_loop.LoopConfig`
+    ``confirm_window``)."""
 
     period: int
     serving: str
@@ -67,6 +70,7 @@ class Retrain:
     reason: str
     report: str
     seconds: float
+    confirmation: CandidateEvaluation | None = None
 
     def evaluation(self, name: str | None) -> CandidateEvaluation | None:
         return next((c for c in self.candidates if c.name == name), None)
@@ -148,6 +152,9 @@ class LoopResult:
                     "promoted": retrain.promoted,
                     "replaced": retrain.serving,
                     "ope_lift_per_week": dataclasses.asdict(chosen.lift),
+                    "ope_window_lift_per_week": _asdict(
+                        retrain.confirmation.lift if retrain.confirmation else None
+                    ),
                     "ope_value_per_week": dataclasses.asdict(chosen.value_per_week),
                     "serving_logged_value_per_week": dataclasses.asdict(
                         retrain.logger_value_per_week
