@@ -375,36 +375,33 @@ def _retrain(
     purchased = np.array([bool(purchase_of[e]) for e in decisions.event_ids])
     trains = customer_fold(decisions.customer_ids, config.seed, config.train_share)
     train = decisions.take(np.flatnonzero(trains))
-    serving_policy = served_with_epsilon(
-        scenario, load_bundle(serving.bundle, seed=config.seed).policy, config.epsilon
-    )
     serving_q = None
     if "q_improve" in config.candidates:
+        serving_policy = served_with_epsilon(
+            scenario, load_bundle(serving.bundle, seed=config.seed).policy, config.epsilon
+        )
         serving_q = fit_q_function(config, scenario, train, serving_policy, period)
-    labelled_train = None
-    if "dr_bandit" in config.candidates:
-        labelled_train = long_run_labels(
-            train,
-            RESIDUAL_WEEKLY_DISCOUNT,
-            clv_surrogate(scenario) if config.tail_value else None,
-            weeks=config.label_weeks,
-        )
+    surrogate = clv_surrogate(scenario) if config.tail_value else None
+
+    def labelled(rows: LoggedDecisions) -> LoggedDecisions:
+        # Discounted as the realized long-run value is (see ESTIMANDS).
+        return long_run_labels(rows, RESIDUAL_WEEKLY_DISCOUNT, surrogate, weeks=config.label_weeks)
+
+    labelled_train = labelled(train) if "dr_bandit" in config.candidates else None
+    # The held-out customers' decisions made by the serving model: what OPE reads.
+    held_out = (~trains) & (decisions.model_ids == serving.model_id)
+    window = None
+    if config.estimand == "window" or config.confirm_window:
+        # Those of the last K periods: the window the whole-policy (sequential) estimators
+        # read.
+        weeks = np.array([SimulatedCampaignEngine.week_of(e) for e in decisions.event_ids])
+        first_week = period - config.retrain_every  # 0-based weeks of the last K periods
+        window = decisions.take(np.flatnonzero(held_out & (weeks >= first_week)))
     if config.estimand == "advantage":
-        # Every held-out decision of the serving model, labelled with its long-run value.
-        serving_rows = (~trains) & (decisions.model_ids == serving.model_id)
-        evaluate = long_run_labels(
-            decisions.take(np.flatnonzero(serving_rows)),
-            RESIDUAL_WEEKLY_DISCOUNT,  # as the realized long-run value discounts
-            clv_surrogate(scenario) if config.tail_value else None,
-            weeks=config.label_weeks,
-        )
-    # The held-out decisions of the last K periods, all by the serving model: the window the
-    # whole-policy (sequential) estimators read.
-    weeks = np.array([SimulatedCampaignEngine.week_of(e) for e in decisions.event_ids])
-    first_week = period - config.retrain_every  # 0-based weeks of the last K periods
-    in_window = (~trains) & (weeks >= first_week) & (decisions.model_ids == serving.model_id)
-    window = decisions.take(np.flatnonzero(in_window))
-    if config.estimand == "window":
+        # Every one of them, labelled with its long-run value.
+        evaluate = labelled(decisions.take(np.flatnonzero(held_out)))
+    else:
+        assert window is not None
         evaluate = window
 
     policies: dict[str, Policy] = {}
@@ -493,6 +490,7 @@ def _retrain(
         name = recommendation.candidate
         same = model_ids[name] == serving.model_id
         if config.estimand == "advantage" and config.confirm_window and not same:
+            assert window is not None
             confirmation = _confirm_window(
                 config, scenario, period, window, name, policies[name], sources, paths, model_ids
             )
