@@ -26,29 +26,33 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvm_rl.loop.candidates import CANDIDATES, DEFAULT_CANDIDATES, STARTS
+from cvm_rl.loop.candidates import CANDIDATES, STARTS
 from cvm_rl.loop.closed_loop import ESTIMANDS, LoopConfig, run_loop
 from cvm_rl.loop.results import plot_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+LOOP = LoopConfig(Path("runs/closed_loop"))
+"""The loop's defaults, which the arguments' defaults are."""
+
+
 @dataclass
 class Args:
-    customers: int = 20_000
-    periods: int = 24
-    retrain_every: int = 8
-    epsilon: float = 0.2
-    seed: int = 0
-    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
-    start: str = "rules"
-    n_bootstrap: int = 200
-    estimand: str = "advantage"
-    tail_value: bool = True
-    label_weeks: int | None = None
-    gamma: float = 0.98
-    q_iterations: int | None = 60
-    confirm_window: bool = True
+    customers: int = LOOP.customers
+    periods: int = LOOP.periods
+    retrain_every: int = LOOP.retrain_every
+    epsilon: float = LOOP.epsilon
+    seed: int = LOOP.seed
+    candidates: tuple[str, ...] = LOOP.candidates
+    start: str = LOOP.start
+    n_bootstrap: int = LOOP.n_bootstrap
+    estimand: str = LOOP.estimand
+    tail_value: bool = LOOP.tail_value
+    label_weeks: int | None = LOOP.label_weeks
+    gamma: float = LOOP.gamma
+    q_iterations: int | None = LOOP.q_iterations
+    confirm_window: bool = LOOP.confirm_window
     out: str = "runs/closed_loop"
     tag: str = ""
 
