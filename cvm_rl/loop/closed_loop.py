@@ -297,9 +297,9 @@ def run_loop(config: LoopConfig, *, echo: Callable[[str], None] | None = None) -
                     value_per_customer=stats.value_per_decision,
                     explored_share=stats.explored / stats.decisions,
                     exploration_cost=stats.greedy_value - stats.value_per_decision,
-                    long_run_value=float(np.nanmean(engine.value.history[period])),
+                    long_run_value=float(engine.value.history[period].mean()),
                     control_long_run_value=(
-                        float(np.nanmean(result.control.history[period]))
+                        float(result.control.history[period].mean())
                         if result.control is not None
                         else math.nan
                     ),

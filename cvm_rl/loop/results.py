@@ -111,16 +111,14 @@ class LoopResult:
     realized: RealizedValue | None = field(default=None, repr=False)
     control: RealizedValue | None = field(default=None, repr=False)
 
-    def realized_lift(self, first: int = 0, last: int | None = None) -> Estimate | None:
-        """The loop's realized long-run value per customer over periods ``first + 1`` to
-        ``last`` (default: all) minus the control arm's, paired by customer (normal 95 %
-        interval); None without a control arm."""
+    def realized_lift(self) -> Estimate | None:
+        """The loop's realized long-run value per customer over the run minus the control
+        arm's, paired by customer (normal interval at the config's alpha); None without a
+        control arm."""
         if self.realized is None or self.control is None:
             return None
-        last = len(self.rows) if last is None else last
         return _paired_mean(
-            self.realized.increments()[first:last].sum(axis=0)
-            - self.control.increments()[first:last].sum(axis=0),
+            self.realized.increments().sum(axis=0) - self.control.increments().sum(axis=0),
             self.config.alpha,
         )
 
@@ -235,11 +233,10 @@ def _run_of(labels: Sequence[str], start: int, label: str, *, forward: bool) -> 
 
 
 def _paired_mean(differences: np.ndarray, alpha: float) -> Estimate:
-    """The mean of per-customer differences with its normal interval (customers not yet
-    arrived, NaN, left out)."""
+    """The mean of per-customer differences with its normal interval."""
     from cvm_rl.ope.intervals import normal_interval
 
-    return interval_estimate(normal_interval(differences[np.isfinite(differences)], alpha))
+    return interval_estimate(normal_interval(differences, alpha))
 
 
 def _asdict(estimate: Estimate | None) -> dict[str, float] | None:
