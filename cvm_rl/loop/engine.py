@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cvm_rl.policies.base import TIE_RTOL, Policy
-from cvm_rl.rollout import Decisions, Transition, policy_decider, policy_seed, rollout
+from cvm_rl.rollout import Decisions, Transition, rollout
 from server.client import Decision, DecisionClient, Eligibility, Outcome
 from server.config import DEFAULT_MAX_BATCH_ROWS
 from simulator.config import Scenario
@@ -70,9 +70,8 @@ def simulate_control(
     ``weeks`` weeks, deciding with ``policy`` in process (the control arm a loop is compared
     with: same customers, same draws of the world until the decisions differ)."""
     value = RealizedValue(customers)
-    policy.seed(policy_seed(seed))
     steps = rollout(
-        policy_decider(policy),
+        policy,  # seeded by the rollout from ``seed``
         scenario,
         n_customers=customers,
         weeks=weeks,
