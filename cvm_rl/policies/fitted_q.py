@@ -44,8 +44,6 @@ from cvm_rl.policies.mlp import MLPPolicy
 from simulator.config import Scenario
 from simulator.core import observation_feature_names
 
-SUM_TOLERANCE = 1e-6
-"""How far a target policy's row may sum from one, or put mass on ineligible actions."""
 RESIDUAL_WEIGHT = 0.01
 """The default number of iterations makes ``gamma ** iterations`` at most this: the weight
 left on the (zero) initial Q-function."""
@@ -520,13 +518,14 @@ def _target_distribution(
         raise ValueError(
             f"{name}: {policy.name!r} reads the simulator's latent state, which a log does not hold"
         )
-    probs = np.asarray(policy.action_probabilities(obs, mask), dtype=np.float64)
+    # Lazy: cvm_rl.ope imports the policies package.
+    from cvm_rl.ope.base import SUM_TOLERANCE, check_probabilities
+
+    probs = check_probabilities(
+        policy.action_probabilities(obs, mask), len(mask), name=f"{name}'s distribution"
+    )
     if probs.shape != mask.shape:
         raise ValueError(f"{name}: its distribution has shape {probs.shape}, not {mask.shape}")
-    if not (np.isfinite(probs).all() and (probs >= 0).all()):
-        raise ValueError(f"{name}: its distribution must be finite and non-negative")
-    if (np.abs(probs.sum(axis=1) - 1.0) > SUM_TOLERANCE).any():
-        raise ValueError(f"{name}: its distribution must sum to 1 over actions")
     if (np.where(mask, 0.0, probs) > SUM_TOLERANCE).any():
         raise ValueError(f"{name}: its distribution puts mass on ineligible actions")
     return probs
