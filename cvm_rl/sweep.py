@@ -45,6 +45,7 @@ from typing import Any, get_origin
 from pydantic import ValidationError
 
 from cvm_rl.config import error_message
+from cvm_rl.ray_workers import ONE_THREAD_ENV
 from cvm_rl.train_config import HELD_OUT_SEED_START, TrainConfig
 
 METRIC = "validation_value"
@@ -62,9 +63,6 @@ DICT_FIELDS: tuple[str, ...] = tuple(
     name for name, info in TrainConfig.model_fields.items() if get_origin(info.annotation) is dict
 )
 """Fields whose entries a dotted key sets (``bandit_kwargs.alpha``)."""
-
-ONE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-"""The environment of the Ray workers: one BLAS thread each, like one torch thread."""
 
 SECTIONS = ("base", "grid")
 

@@ -57,6 +57,7 @@ from cvm_rl.ope.streaming import (
     merge_sums,
 )
 from cvm_rl.policies.base import Policy
+from cvm_rl.ray_workers import ONE_THREAD_ENV
 from simulator.config import Scenario
 
 LOCAL_CPUS = 2
@@ -64,8 +65,6 @@ LOCAL_CPUS = 2
 CONNECT_TIMEOUT_S = 5.0
 """How long the address's host and port are tried before Ray is asked to connect (Ray itself
 retries an unreachable address for minutes)."""
-ONE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-"""The local Ray workers' environment: one BLAS thread each (a worker per CPU)."""
 RAY_EXTRA = "pip install 'cvm-rl[ray]'"
 
 
