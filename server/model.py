@@ -54,6 +54,9 @@ class ServingModel:
         self.features = bundle.features
         self.feature_min = np.array([f.min for f in self.features], dtype=np.float32)
         self.feature_max = np.array([f.max for f in self.features], dtype=np.float32)
+        self.finite_bounds = bool(
+            np.isfinite(self.feature_min).all() and np.isfinite(self.feature_max).all()
+        )
         catalog = bundle.manifest["actions"]
         self.n_actions = len(catalog)
         self.action_names = [a["name"] for a in catalog]
@@ -94,7 +97,7 @@ class ServingModel:
         """(N, A) served distribution for raw features (N, F) and eligibility (N, A); zero on
         ineligible actions. ``event_ids`` seed Monte Carlo estimates (Thompson sampling)."""
         probs = self._probabilities(features, eligible, event_ids or [""] * len(features))
-        if (probs[~eligible] > 0).any():
+        if not eligible.all() and (probs[~eligible] > 0).any():
             raise ValueError(
                 f"{self.bundle.path}: the policy put probability on an ineligible action"
             )
@@ -108,7 +111,7 @@ class ServingModel:
         if isinstance(policy, MLPPolicy):
             scores = policy.scores(features)
             if mode == ExplorationMode.SOFTMAX:
-                z = np.where(eligible, scores.astype(np.float64) / param, -np.inf)
+                z = np.where(eligible, scores / param, -np.inf)  # scores are float64
                 z -= z.max(axis=1, keepdims=True)
                 p = np.exp(z)
                 return p / p.sum(axis=1, keepdims=True)

@@ -152,11 +152,13 @@ def _check_features(
 ) -> None:
     """Every value finite and inside its feature's [min, max] (GetPolicyInfo.features);
     ``rows`` names the row of the first bad value (a batch)."""
+    # A NaN fails both comparisons, and so does an infinity unless a bound is infinite.
+    inside = (features >= model.feature_min) & (features <= model.feature_max)
+    if inside.all() and (model.finite_bounds or np.isfinite(features).all()):
+        return
     names = model.feature_names
     bad = ~np.isfinite(features)
     out = (features < model.feature_min) | (features > model.feature_max)
-    if not (bad.any() or out.any()):
-        return
     row, col = np.argwhere(bad if bad.any() else out)[0]
     where = f"row {row}, " if rows else ""
     value = features[row, col]

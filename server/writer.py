@@ -1,8 +1,9 @@
 """Writes to the decision log from the event loop without ever blocking it.
 
 A request queues what it stores and awaits. The first one (the leader) lets one turn of the
-event loop pass, by which time concurrent requests have queued theirs, then writes them all
-itself; the others wait for it. The flush runs on the loop thread (a SQLite commit of a few
+event loop pass when other callbacks are ready to run, by which time concurrent requests
+have queued theirs, then writes them all itself; the others wait for it. Alone, it writes at
+once. The flush runs on the loop thread (a SQLite commit of a few
 hundred rows takes well under a millisecond; a thread hop would cost more in GIL hand-offs
 than it saves), and every request is answered only after the transaction holding its rows
 has committed. (The leader writing, instead of a callback scheduled for the next turn, saves
@@ -69,10 +70,11 @@ class LogWriter:
         future: asyncio.Future[_Result] = asyncio.get_running_loop().create_future()
         queue.append((item, future))
         if self._flush_handle is None and not self._leading:
-            # Lead: one turn of the loop for concurrent requests to queue, then write all.
+            # Lead: one turn of the loop for ready requests to queue, then write all.
             self._leading = True
             try:
-                await asyncio.sleep(0)
+                if _others_ready():
+                    await asyncio.sleep(0)
             finally:
                 # Cancelled or not: the others wait for this write (and a cancelled caller's
                 # rows are stored all the same, as they would be by a scheduled flush).
@@ -138,6 +140,15 @@ class LogWriter:
             for _, future in queue:
                 _settle(future, exception=closed)
             queue.clear()
+
+
+def _others_ready() -> bool:
+    """Whether the loop has callbacks ready to run (concurrent requests among them) before it
+    next polls: only then can letting one turn pass add rows to this commit. A new request
+    arriving meanwhile is polled for after that turn, too late to join it. The standard loop
+    keeps its ready queue in ``_ready``; another loop is assumed to have some."""
+    ready = getattr(asyncio.get_running_loop(), "_ready", None)
+    return ready is None or len(ready) > 0
 
 
 def _settle(

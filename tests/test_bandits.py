@@ -54,6 +54,22 @@ def test_feature_transform_is_bounded_and_has_bias(rollout) -> None:
     assert np.all(np.abs(X) <= 1.0 + 1e-12)
 
 
+def test_scaled_features_are_the_formula_per_value_whatever_the_batch(rollout) -> None:
+    """clip, log1p on the heavy-tailed columns only, then / scale; a row's values do not
+    depend on the rows decided with it (a served decision must not), and the input is kept."""
+    transform = FeatureTransform.from_scenario(SCENARIO)
+    obs = np.vstack([obs for obs, *_ in rollout])[:257].astype(np.float32)
+    obs[0] = transform.high * 2  # clipped at the top
+    before = obs.copy()
+    scaled = transform.scaled(obs)
+    x = np.clip(obs.astype(np.float64), transform.low, transform.high)
+    expected = np.where(transform.log, np.log1p(x), x) / transform.scale
+    np.testing.assert_allclose(scaled, expected, rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(obs, before)
+    one_by_one = np.vstack([transform.scaled(row[None, :]) for row in obs])
+    np.testing.assert_array_equal(one_by_one, scaled)
+
+
 def test_lints_propensity_is_the_monte_carlo_probability_of_the_action(rollout) -> None:
     policy = trained(LinTSPolicy, rollout, n_propensity_samples=32)
     assert isinstance(policy, LinTSPolicy)

@@ -325,6 +325,43 @@ def test_bad_batches_are_refused_and_write_nothing(
     assert log.count() == 0
 
 
+def _last_row(name: str, value: float) -> Callable[[DecisionBatch], None]:
+    def corrupt(b: DecisionBatch) -> None:
+        column = getattr(b, name).astype(np.float64 if "propensity" in name else np.int64)
+        column[-1] = value
+        setattr(b, name, column)
+
+    return corrupt
+
+
+@pytest.mark.parametrize("rows", [1, 3, 9, 40])  # Python comparisons up to 8 rows, then numpy
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (_last_row("propensity", np.nan), r"^propensity must be in \(0, 1\]"),
+        (_last_row("propensity", 0.0), r"^propensity must be in \(0, 1\]"),
+        (_last_row("policy_propensity", 1.5), r"^policy_propensity must be in \(0, 1\]"),
+        (_last_row("policy_propensity", np.inf), r"^policy_propensity must be in"),
+        (_last_row("action_index", -1), r"^action_index must be in \[0, 4\)"),
+        (_last_row("policy_action_index", N_ACTIONS), r"^policy_action_index must be in"),
+    ],
+)
+def test_a_bad_value_in_any_row_is_refused_at_every_batch_size(
+    log: DecisionLog,
+    activation: int,
+    rows: int,
+    corrupt: Callable[[DecisionBatch], None],
+    message: str,
+) -> None:
+    """The value checks have two paths (a few rows, a batch); a NaN after a valid value must
+    not slip past either (Python's min() skips a NaN that is not first)."""
+    batch = make_batch(ids(f"v{rows}", rows), activation, seed=rows)
+    corrupt(batch)
+    with pytest.raises(ValueError, match=message):
+        log.insert_decisions(batch)
+    assert log.count() == 0
+
+
 @pytest.mark.parametrize(
     ("outcomes", "message"),
     [

@@ -8,6 +8,8 @@ import asyncio
 import itertools
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +25,9 @@ from cvm_rl.logs.store import (
 )
 from cvm_rl.policies.base import explored
 from server import blas
+from server.errors import RequestError
 from server.model import ServingModel, hash_uniforms
+from server.parsing import _check_features
 from server.writer import LogWriter
 
 N_FEATURES, N_ACTIONS = 3, 5
@@ -86,6 +90,43 @@ def test_check_refuses_what_it_refused(field: str, value: np.ndarray, match: str
     setattr(b, field, value)
     with pytest.raises(ValueError, match=match):
         b.check()
+
+
+@pytest.mark.parametrize("finite_bounds", [True, False])
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (np.nan, r"^f: row 1, feature 'f1' must be finite, got nan"),
+        (np.inf, r"^f: row 1, feature 'f1' must be finite, got inf"),
+        (-np.inf, r"^f: row 1, feature 'f1' must be finite, got -inf"),
+        (2.5, r"^f: row 1, feature 'f1' must be in \[0, 2\] units \(the second\), got 2.5"),
+    ],
+)
+def test_feature_checks_refuse_non_finite_values_whatever_the_bounds(
+    finite_bounds: bool, value: float, match: str
+) -> None:
+    """The range check lets a value through only inside its bounds; an infinite bound (on
+    the column checked here) must not let an infinite value through."""
+    high = 2.0 if finite_bounds else np.inf
+    features = [
+        SimpleNamespace(min=0.0, max=2.0, unit="", description="the first"),
+        SimpleNamespace(min=0.0, max=high, unit="units", description="the second"),
+    ]
+    model = SimpleNamespace(
+        feature_names=["f0", "f1"],
+        features=features,
+        feature_min=np.array([0.0, 0.0], dtype=np.float32),
+        feature_max=np.array([2.0, high], dtype=np.float32),
+        finite_bounds=finite_bounds,
+    )
+    rows = np.ones((3, 2), dtype=np.float32)
+    _check_features(model, rows, "f", rows=True)  # type: ignore[arg-type]
+    rows[1, 1] = value
+    if np.isfinite(value) and not finite_bounds:
+        _check_features(model, rows, "f", rows=True)  # type: ignore[arg-type]  # inside
+        return
+    with pytest.raises(RequestError, match=match):
+        _check_features(model, rows, "f", rows=True)  # type: ignore[arg-type]
 
 
 def test_check_takes_lists_as_arrays() -> None:
@@ -155,6 +196,35 @@ def test_concurrent_inserts_share_the_leaders_commit(tmp_path: Path) -> None:
             return results
 
     assert asyncio.run(main()) == [{}] * 10
+
+
+def test_the_leader_lets_the_loop_turn_only_when_others_are_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn of the loop can only add the rows of requests that are ready to run; a lone
+    request writes at once (a turn costs it latency and brings no one)."""
+    turns: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float, *args: Any) -> Any:
+        turns.append(delay)
+        return await real_sleep(delay, *args)
+
+    async def main() -> None:
+        with CountingLog(tmp_path / "log.db") as log:
+            start_activation(log, MODEL)
+            writer = LogWriter(log)
+            monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+            assert await writer.insert(batch(["alone"])) == {}
+            assert turns == []
+            ran: list[str] = []
+            asyncio.get_running_loop().call_soon(ran.append, "ready")
+            CountingLog.commits = 0
+            assert await writer.insert(batch(["after"], seed=1)) == {}
+            assert turns == [0] and ran == ["ready"] and CountingLog.commits == 1
+            assert log.count() == 2
+
+    asyncio.run(main())
 
 
 def test_a_cancelled_leader_still_writes_the_others(tmp_path: Path) -> None:

@@ -120,7 +120,8 @@ class DecisionBatch:
         """Shapes and value domains; a ValueError names the field.
 
         Once per stored batch, so it is written for small batches too: one reduction per
-        bound (a NaN fails both comparisons, as it fails the elementwise ones)."""
+        bound, or Python comparisons for a few rows (a NaN fails the comparisons either
+        way, as it fails the elementwise ones)."""
         n = len(self.event_ids)
         if len(set(self.event_ids)) != n:
             raise ValueError("event_ids must be distinct within a batch")
@@ -144,13 +145,18 @@ class DecisionBatch:
             )
         if n == 0:
             return
+        few = n <= _FEW_ROWS
         for name in ("propensity", "policy_propensity"):
             p = getattr(self, name)
-            if not (p.min() > 0 and p.max() <= 1):
+            if not (all(0 < v <= 1 for v in p.tolist()) if few else p.min() > 0 and p.max() <= 1):
                 raise ValueError(f"{name} must be in (0, 1]")
         for name in ("action_index", "policy_action_index"):
             a = getattr(self, name)
-            if a.min() < 0 or a.max() >= n_actions:
+            if not (
+                all(0 <= v < n_actions for v in a.tolist())
+                if few
+                else a.min() >= 0 and a.max() < n_actions
+            ):
                 raise ValueError(f"{name} must be in [0, {n_actions})")
 
     def replay_conflicts(self, stored: dict[str, StoredDecision]) -> list[str]:
@@ -231,6 +237,10 @@ class PreparedBatch:
         batch.check()
         return cls(batch, batch.request_row(), batch.flat_rows(0))
 
+
+_FEW_ROWS = 8
+"""Up to this many rows, :meth:`DecisionBatch.check` compares Python numbers: four numpy
+reductions cost more than a whole unary request's other checks."""
 
 _COLUMNS = (
     "decided_at_us",
