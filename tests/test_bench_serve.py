@@ -108,3 +108,29 @@ def test_bad_arguments_are_refused(args: list[str], match: str) -> None:
     done = bench(*args)
     assert done.returncode == 2
     assert match in done.stderr
+
+
+@pytest.mark.slow
+def test_the_stage_profile_times_every_stage_of_real_calls(tmp_path: Path) -> None:
+    """``bench.serve_stages --quick``: the real handlers ran (the log holds every decision,
+    which the benchmark checks itself) and every stage has a time within its call's."""
+    out = tmp_path / "stages.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.serve_stages", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages: dict[str, dict[str, float]] = json.loads(out.read_text())["stages"]
+    assert list(stages) == [
+        "Decide, back to back",
+        "Decide, after a gap",
+        "DecideBatch(256), packed, per decision",
+    ]
+    for name, times in stages.items():
+        assert all(t > 0 for t in times.values()), (name, times)
+        parts = ("parse", "model", "log rows", "log SQL")
+        assert max(times[p] for p in parts) < times["total"], (name, times)
+    assert "| Decide, after a gap |" in done.stdout
