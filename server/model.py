@@ -6,6 +6,7 @@ draws and propensities out. The service layer turns requests into these arrays a
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from dataclasses import dataclass
 
@@ -162,8 +163,9 @@ class ServingModel:
         cdf = list(itertools.accumulate(row))
         u = _hash_scalar(self._salt + event_id.encode()) >> 11
         threshold = float(u) * 2.0**-53 * cdf[-1]
-        action = sum(1 for c in cdf if c <= threshold)
-        last_possible = max((i for i, p in enumerate(row) if p > 0), default=len(row) - 1)
+        # The CDF never decreases: the count of its values <= threshold is a bisection.
+        action = bisect.bisect_right(cdf, threshold)
+        last_possible = next((i for i in range(len(row) - 1, -1, -1) if row[i] > 0), len(row) - 1)
         action = min(action, last_possible)
         propensity = row[action]
         return Draws(
