@@ -15,7 +15,8 @@ Unary calls run once back to back and once with an idle gap between calls, as a 
 leaves one (about a health check's round trip): the same code takes longer after the gap,
 its caches cold, and that is what a unary call's latency pays. Batches of ``batch_rows`` run
 back to back; their stages are given per decision. Each stage is the median over calls (so
-the stages need not add up to the median total).
+the stages need not add up to the median total), then the median of ``repeats`` runs taken
+in turns (the machine is shared; every run is kept in the JSON).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Args:
     gap_ms: float = 0.6
     batch_rows: int = 256
     batches: int = 400
+    repeats: int = 3
     customers: int = 4_096
     weeks: int = 4
     quick: bool = False
@@ -142,43 +144,55 @@ async def measure(args: Args, root: Path) -> dict[str, Any]:
     state = ServingState(model, log, ServerMetrics())
     service = servicers.DecisionService(state)
     clock = StageClock(state)
-    results: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, float]]] = {}
+    n = args.warmup + args.calls
+    batch_name = f"DecideBatch({args.batch_rows}), packed, per decision"
+    made = 0
     try:
-        n = args.warmup + args.calls
-        unary_runs = (
-            ("Decide, back to back", "unary-b2b", 0.0),
-            ("Decide, after a gap", "unary-gap", 1e-3 * args.gap_ms),
-        )
-        for name, tag, gap_s in unary_runs:
-            unary = [pb.DecideRequest.FromString(r) for r in requests.unary(tag, n)]
+        # The measurements take turns, ``repeats`` times: the machine is shared.
+        for repeat in range(args.repeats):
+            unary_runs = (
+                ("Decide, back to back", f"r{repeat}-b2b", 0.0),
+                ("Decide, after a gap", f"r{repeat}-gap", 1e-3 * args.gap_ms),
+            )
+            for name, tag, gap_s in unary_runs:
+                unary = [pb.DecideRequest.FromString(r) for r in requests.unary(tag, n)]
+                clock.rows = []
+                for request in unary:
+                    await clock.call(service.Decide, request)
+                    if gap_s:
+                        time.sleep(gap_s)  # idle, as between a lone client's calls
+                runs.setdefault(name, []).append(medians(clock.rows[args.warmup :], 1))
+                made += n
+            pool = requests.batches(
+                f"r{repeat}-batch", args.warmup // 10 + args.batches, packed=True
+            )
             clock.rows = []
-            for request in unary:
-                await clock.call(service.Decide, request)
-                if gap_s:
-                    time.sleep(gap_s)  # idle, as between a lone client's calls
-            results[name] = medians(clock.rows[args.warmup :], 1)
-        pool = requests.batches("batch", args.warmup // 10 + args.batches, packed=True)
-        clock.rows = []
-        for k in range(len(pool)):
-            await clock.call(service.DecideBatch, pb.DecideBatchRequest.FromString(pool[k]))
-        results[f"DecideBatch({args.batch_rows}), packed, per decision"] = medians(
-            clock.rows[args.warmup // 10 :], args.batch_rows
-        )
+            for k in range(len(pool)):
+                await clock.call(service.DecideBatch, pb.DecideBatchRequest.FromString(pool[k]))
+            made += len(pool) * args.batch_rows
+            runs.setdefault(batch_name, []).append(
+                medians(clock.rows[args.warmup // 10 :], args.batch_rows)
+            )
         logged = log.count()
     finally:
         clock.restore()
         log.close()
-    expected = 2 * n + len(pool) * args.batch_rows
-    if logged != expected:
-        raise RuntimeError(f"the log holds {logged} decisions, {expected} were made")
-    return results
+    if logged != made:
+        raise RuntimeError(f"the log holds {logged} decisions, {made} were made")
+    results = {
+        name: {s: float(np.median([r[s] for r in results])) for s in STAGES}
+        for name, results in runs.items()
+    }
+    return {"stages": results, "runs": runs}
 
 
 def print_report(result: dict[str, Any]) -> None:
     a = result["args"]
     print(
-        f"stages of the real handlers in process, µs (medians over {a['calls']} unary calls, "
-        f"gap {a['gap_ms']} ms, and {a['batches']} batches of {a['batch_rows']}); load average "
+        f"stages of the real handlers in process, µs: medians over {a['calls']} unary calls "
+        f"(gap {a['gap_ms']} ms) and {a['batches']} batches of {a['batch_rows']}, then the "
+        f"median of {a['repeats']} runs taken in turns; load average "
         f"{result['machine']['loadavg_1_5_15']}"
     )
     print("| measurement | " + " | ".join(STAGES) + " |")
@@ -189,13 +203,8 @@ def print_report(result: dict[str, Any]) -> None:
 
 def run(args: Args) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cvm-bench-stages-") as tmp:
-        stages = asyncio.run(measure(args, Path(tmp)))
-    return {
-        "machine": machine_info(),
-        "code": code_version(),
-        "args": asdict(args),
-        "stages": stages,
-    }
+        measured = asyncio.run(measure(args, Path(tmp)))
+    return {"machine": machine_info(), "code": code_version(), "args": asdict(args), **measured}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
@@ -204,14 +213,22 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
     parser.add_argument("--calls", type=int, default=defaults.calls)
     parser.add_argument("--gap-ms", type=float, default=defaults.gap_ms)
     parser.add_argument("--batches", type=int, default=defaults.batches)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
     parser.add_argument("--quick", action="store_true", help="a few calls: a smoke test")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--out", default=defaults.out)
     ns = parser.parse_args(argv)
-    args = Args(calls=ns.calls, gap_ms=ns.gap_ms, batches=ns.batches, quick=ns.quick)
+    for name in ("calls", "batches", "repeats"):
+        if getattr(ns, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(ns, name)}")
+    if ns.gap_ms < 0:
+        parser.error(f"--gap-ms must be >= 0, got {ns.gap_ms}")
+    args = Args(
+        calls=ns.calls, gap_ms=ns.gap_ms, batches=ns.batches, repeats=ns.repeats, quick=ns.quick
+    )
     args.seed, args.out = ns.seed, ns.out
     if args.quick:
-        args.calls, args.warmup, args.batches = 50, 10, 12
+        args.calls, args.warmup, args.batches, args.repeats = 50, 10, 12, 1
     return args
 
 

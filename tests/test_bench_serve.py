@@ -134,3 +134,24 @@ def test_the_stage_profile_times_every_stage_of_real_calls(tmp_path: Path) -> No
         parts = ("parse", "model", "log rows", "log SQL")
         assert max(times[p] for p in parts) < times["total"], (name, times)
     assert "| Decide, after a gap |" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--calls", "0"], "--calls must be >= 1, got 0"),
+        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--gap-ms", "-1"], "--gap-ms must be >= 0, got -1.0"),
+    ],
+)
+def test_the_stage_profile_refuses_bad_arguments(args: list[str], match: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.serve_stages", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert match in done.stderr
