@@ -11,7 +11,6 @@ state.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -20,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.machine import write_result
 from bench.trees import ROOT
 from bench.trees import trees as source_trees
 
@@ -84,11 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         key = " ".join(command)
         cells = [f"{results[name][key]['median_s']:.3f}" for name in trees]
         print(f"| cvm {key} | " + " | ".join(cells) + " |")
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"args": asdict(args), "machine": platform.platform(), "results": results}
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_result(payload, ROOT / args.out)
     return 0
 
 

@@ -1,10 +1,13 @@
-"""What a benchmark ran on: one description for every benchmark's JSON."""
+"""What a benchmark ran on, one description for every benchmark's JSON, and where the JSON
+goes."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 
@@ -22,3 +25,13 @@ def machine_info(*packages: str) -> dict[str, Any]:
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
         "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def write_result(result: dict[str, Any], out: str | Path) -> Path:
+    """Write a benchmark's ``result`` as indented JSON to ``out`` (its directory made) and say
+    where."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

@@ -27,19 +27,17 @@ the inputs themselves; and the process's maximum resident set size before the re
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.machine import machine_info
+from bench.machine import machine_info, write_result
 from cvm_rl.ope.base import BanditInputs, BaseOffPolicyEstimator, bootstrap_intervals
 from cvm_rl.ope.diagnostics import diagnose_bandit_feedback
 from cvm_rl.ope.single_step import (
@@ -290,41 +288,36 @@ def main() -> None:
         print(f"| {est!r} | {interval.estimate:.4f} | [{interval.low:.4f}, {interval.high:.4f}] |")
     print(f"diagnostics: {diagnostics.to_dict()}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": machine_info(),
-                "args": vars(args),
-                "estimators": [repr(est) for est in ESTIMATORS],
-                "seconds": {
-                    "point_each_validating": fast_each,
-                    "point_shared_inputs": fast_shared,
-                    "bootstrap": fast_boot,
-                    "diagnostics": diagnostics_s,
-                    "naive_point": naive_point,
-                    "naive_bootstrap_scaled": naive_boot,
-                    "naive_bootstrap_measured": naive_resample_s,
-                },
-                "memory_bytes": {
-                    "inputs": input_bytes,
-                    "traced_peak": fast_peak,
-                    "inputs_plus_traced_peak": input_bytes + fast_peak,
-                    "max_rss_before_reference": rss_after_fast,
-                    "naive_one_resample_traced_peak": naive_peak,
-                },
-                "max_estimate_difference": max_diff,
-                "intervals": [
-                    {"estimator": repr(est), "estimate": i.estimate, "low": i.low, "high": i.high}
-                    for est, i in zip(ESTIMATORS, intervals, strict=True)
-                ],
-                "diagnostics": diagnostics.to_dict(),
+    write_result(
+        {
+            "machine": machine_info(),
+            "args": vars(args),
+            "estimators": [repr(est) for est in ESTIMATORS],
+            "seconds": {
+                "point_each_validating": fast_each,
+                "point_shared_inputs": fast_shared,
+                "bootstrap": fast_boot,
+                "diagnostics": diagnostics_s,
+                "naive_point": naive_point,
+                "naive_bootstrap_scaled": naive_boot,
+                "naive_bootstrap_measured": naive_resample_s,
             },
-            indent=2,
-        )
+            "memory_bytes": {
+                "inputs": input_bytes,
+                "traced_peak": fast_peak,
+                "inputs_plus_traced_peak": input_bytes + fast_peak,
+                "max_rss_before_reference": rss_after_fast,
+                "naive_one_resample_traced_peak": naive_peak,
+            },
+            "max_estimate_difference": max_diff,
+            "intervals": [
+                {"estimator": repr(est), "estimate": i.estimate, "low": i.low, "high": i.high}
+                for est, i in zip(ESTIMATORS, intervals, strict=True)
+            ],
+            "diagnostics": diagnostics.to_dict(),
+        },
+        args.out,
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bench.machine import machine_info
+from bench.machine import machine_info, write_result
 from cvm_rl.logs.export import EXPORT_SCHEMA, MODELS_FILE, MODELS_METADATA_KEY
 from cvm_rl.logs.reader import CHUNK_ROWS
 from cvm_rl.policies import EpsilonMixturePolicy, RuleBasedPolicy
@@ -502,21 +502,15 @@ def main() -> None:
         )
         print(f"{size['export']['rows']:,} rows, DR lift per decision: {lifts}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": machine_info("pyarrow"),
-                "args": {**asdict(args), "workdir": None if temporary else args.workdir},
-                "sizes": sizes,
-                "peak_ratio_to_first": [s["evaluation"]["max_rss"] / base for s in sizes],
-            },
-            indent=2,
-        )
-        + "\n"
+    write_result(
+        {
+            "machine": machine_info("pyarrow"),
+            "args": {**asdict(args), "workdir": None if temporary else args.workdir},
+            "sizes": sizes,
+            "peak_ratio_to_first": [s["evaluation"]["max_rss"] / base for s in sizes],
+        },
+        args.out,
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 2 or args.customers < 2:
         parser.error("--seeds and --customers: expected >= 2")
     # here, not at the top: measure() runs this file in older trees that lack these modules
-    from bench.machine import machine_info
+    from bench.machine import machine_info, write_result
     from bench.trees import ROOT
     from bench.trees import trees as source_trees
 
@@ -217,16 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{tree}: {result['customer_weeks_per_s'] / 1e6:.2f}M customer-weeks/s at "
             f"N = {args.speed_customers:,} (median of {args.speed_repeats})"
         )
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {"machine": machine, "args": asdict(args), "results": results, "ratios": ratios},
-            indent=2,
-        )
-        + "\n"
+    write_result(
+        {"machine": machine, "args": asdict(args), "results": results, "ratios": ratios},
+        ROOT / args.out,
     )
-    print(f"wrote {out}")
     return 0
 
 

@@ -28,7 +28,6 @@ OpenBLAS's default threads and once with ``OPENBLAS_NUM_THREADS=1``.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -44,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import machine_info
+from bench.machine import machine_info, write_result
 from cvm_rl.bundle import load_bundle, save_bundle
 from cvm_rl.policies.bandits import EpsilonGreedyPolicy, LinearBandit, LinTSPolicy, LinUCBPolicy
 from cvm_rl.policies.mlp import MLPPolicy
@@ -308,23 +307,18 @@ def main() -> None:
             f"| {r['rows']:,} | {r['path']} | {r['median_us']:,.0f} | {r['p99_us']:,.0f} | "
             f"{r['calls']:,} |"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "batch_rows": args.batch,
-                "repeats": args.repeats,
-                "bandits": bandits,
-                "mlp_net_arch": TrainConfig().net_arch,
-                "mlp_latency": latency,
-                "fresh_processes_loaded_torch": any(r["torch_loaded"] for r in fresh.values()),
-            },
-            indent=2,
-        )
+    write_result(
+        {
+            "machine": machine,
+            "batch_rows": args.batch,
+            "repeats": args.repeats,
+            "bandits": bandits,
+            "mlp_net_arch": TrainConfig().net_arch,
+            "mlp_latency": latency,
+            "fresh_processes_loaded_torch": any(r["torch_loaded"] for r in fresh.values()),
+        },
+        args.out,
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

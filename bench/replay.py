@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import machine_info
+from bench.machine import machine_info, write_result
 from bench.serve import random_mlp_bundle
 from server.app import running_server
 from server.client import DecisionClient
@@ -103,10 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{rows:>6} {row['first_s']:>8.3f} {row['replay_s']:>9.3f} "
             f"{row['first_peak_mb']:>9.1f} {row['replay_peak_mb']:>10.1f}"
         )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps({"machine": machine_info("grpc"), "results": results}, indent=2) + "\n"
-    )
+    write_result({"machine": machine_info("grpc"), "results": results}, args.out)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2
 
-from bench.machine import machine_info
+from bench.machine import machine_info, write_result
 from bench.policies import simulated_batch
 from cvm_rl.bundle import Bundle, load_bundle, save_bundle
 from cvm_rl.cli.process import ServeProcess, serve_process
@@ -889,10 +889,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = run(args)
     print_report(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(result, args.out)
     return result
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 import server.servicers as servicers
-from bench.machine import machine_info
+from bench.machine import machine_info, write_result
 from bench.policies import simulated_batch
 from bench.serve import Requests, code_version, random_mlp_bundle
 from cvm_rl.bundle import load_bundle
@@ -236,10 +235,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = run(args)
     print_report(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, args.out)
     return result
 
 

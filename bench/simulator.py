@@ -10,16 +10,14 @@ uniform random policy over all actions (ineligible ones are executed as no conta
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 import tracemalloc
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from bench.machine import machine_info
+from bench.machine import machine_info, write_result
 from simulator.core import Population
 from simulator.env import CustomerLifecycleEnv
 from simulator.vector_env import CustomerLifecycleVectorEnv
@@ -111,20 +109,15 @@ def main() -> None:
         f"memory per customer (N=100k): state {memory['state_bytes']:.0f} B, "
         f"extra peak during a step {memory['step_peak_bytes']:.0f} B"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": machine_info("gymnasium"),
-                "single_env_steps_per_s": single,
-                "vector": rows,
-                "memory_per_customer": memory,
-            },
-            indent=2,
-        )
+    write_result(
+        {
+            "machine": machine_info("gymnasium"),
+            "single_env_steps_per_s": single,
+            "vector": rows,
+            "memory_per_customer": memory,
+        },
+        args.out,
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

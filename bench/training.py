@@ -29,19 +29,17 @@ two cores is very slow).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from bench.machine import machine_info
+from bench.machine import machine_info, write_result
 from cvm_rl.policies.features import FeatureTransform
 from cvm_rl.training import TrainConfig, build_model, make_training_env
 from simulator import ENV_ID
@@ -222,30 +220,25 @@ def main() -> None:
             f"{r['algo']} n_envs={r['n_envs']:,}: native / DummyVecEnv = "
             f"{r['native_over_dummy']:.1f}x (floor {FLOOR:.0f}x: {verdict})"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "hyperparameters": {
-                    "n_steps": config.n_steps,
-                    "n_epochs": config.n_epochs,
-                    "batch_size": f"min({config.batch_size}, n_envs * n_steps)",
-                    "net_arch": config.net_arch,
-                    "iterations": args.iterations,
-                    "min_steps": args.min_steps,
-                    "warmup": args.warmup,
-                },
-                "runs": rows,
-                "ratios": ratios,
-                "floor": FLOOR,
-                "floor_met": all(r["native_over_dummy"] >= FLOOR for r in ratios),
+    write_result(
+        {
+            "machine": machine,
+            "hyperparameters": {
+                "n_steps": config.n_steps,
+                "n_epochs": config.n_epochs,
+                "batch_size": f"min({config.batch_size}, n_envs * n_steps)",
+                "net_arch": config.net_arch,
+                "iterations": args.iterations,
+                "min_steps": args.min_steps,
+                "warmup": args.warmup,
             },
-            indent=2,
-        )
+            "runs": rows,
+            "ratios": ratios,
+            "floor": FLOOR,
+            "floor_met": all(r["native_over_dummy"] >= FLOOR for r in ratios),
+        },
+        args.out,
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
