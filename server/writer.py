@@ -3,11 +3,11 @@
 A request queues what it stores and awaits. The first one (the leader) lets one turn of the
 event loop pass when other callbacks are ready to run, by which time concurrent requests
 have queued theirs, then writes them all itself; the others wait for it. Alone, it writes at
-once. The flush runs on the loop thread (a SQLite commit of a few
-hundred rows takes well under a millisecond; a thread hop would cost more in GIL hand-offs
-than it saves), and every request is answered only after the transaction holding its rows
-has committed. (The leader writing, instead of a callback scheduled for the next turn, saves
-the lone request of a quiet server one more turn of the loop to be woken up.)
+once. The flush runs on the loop thread (a SQLite commit of a few hundred rows takes well
+under a millisecond; a thread hop would cost more in GIL hand-offs than it saves), and every
+request is answered only after the transaction holding its rows has committed. (The leader
+writing, instead of a callback scheduled for the next turn, saves the lone request of a quiet
+server one more turn of the loop to be woken up.)
 
 When another process (another worker on the same log) holds the write lock, the flush does
 not sleep in SQLite's busy handler, which would stall every call of this process: it leaves
