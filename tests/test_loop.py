@@ -13,16 +13,14 @@ import numpy as np
 import pytest
 
 from cvm_rl.loop.candidates import (
-    CANDIDATES,
-    DEFAULT_CANDIDATES,
-    STARTS,
     customer_fold,
     long_run_labels,
     response_from_log,
     served_with_epsilon,
 )
-from cvm_rl.loop.closed_loop import ESTIMANDS, LoopConfig, run_loop, window_veto
+from cvm_rl.loop.closed_loop import LoopConfig, run_loop, window_veto
 from cvm_rl.loop.engine import greedy_weights
+from cvm_rl.loop.names import CANDIDATES, DEFAULT_CANDIDATES, ESTIMANDS, STARTS
 from cvm_rl.rollout import Decisions
 from simulator.config import load_scenario
 

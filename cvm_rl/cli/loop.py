@@ -23,24 +23,11 @@ import argparse
 from pathlib import Path
 
 from cvm_rl.cli.common import CliError, needs_extra, positive_int
+from cvm_rl.loop.names import CANDIDATES, DEFAULT_CANDIDATES, ESTIMANDS, STARTS
 
 HELP = "the closed loop: serve, log, retrain from the logs, evaluate off-policy, promote"
-CANDIDATES = (
-    "clv_planner",
-    "fqi",
-    "q_improve",
-    "dr_bandit",
-    "linucb",
-    "greedy",
-    "rules",
-    "no_contact",
-    "random",
-)
-STARTS = ("rules", "no_contact", "random")
-ESTIMANDS = ("advantage", "window")
 # cvm_rl.loop.closed_loop.LoopConfig's defaults (not imported: --help stays light; a test
 # checks they agree).
-DEFAULT_CANDIDATES = ("clv_planner", "fqi", "q_improve", "dr_bandit")
 DEFAULTS: dict[str, int | float | str | None] = {
     "customers": 20_000,
     "periods": 24,

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cvm_rl.loop.names import CANDIDATES, STARTS
+
 if TYPE_CHECKING:
     from cvm_rl.logs.arrays import LoggedDecisions
     from cvm_rl.loop.closed_loop import LoopConfig
@@ -17,23 +19,6 @@ if TYPE_CHECKING:
     from cvm_rl.policies.fitted_q import FittedQ
     from cvm_rl.policies.planner import ResponseEstimate
     from simulator.config import Scenario
-
-CANDIDATES = (
-    "clv_planner",
-    "fqi",
-    "q_improve",
-    "dr_bandit",
-    "linucb",
-    "greedy",
-    "rules",
-    "no_contact",
-    "random",
-)
-"""Candidate kinds :func:`~cvm_rl.loop.closed_loop.run_loop` can train (see its module
-docstring)."""
-DEFAULT_CANDIDATES = ("clv_planner", "fqi", "q_improve", "dr_bandit")
-STARTS = ("rules", "no_contact", "random")
-"""Policies the loop can start from (built from the scenario alone)."""
 
 
 def response_from_log(

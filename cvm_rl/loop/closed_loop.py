@@ -23,7 +23,8 @@ outcomes reported. Every ``retrain_every`` periods, while the service keeps serv
 3. **Evaluate them off-policy against the serving policy** with the OPE report
    (:func:`cvm_rl.ope.evaluate.evaluate_candidates` and :func:`cvm_rl.ope.report.write_report`:
    ``out/ope/pN/report.html``) on the other half's decisions made by the serving model, as
-   :data:`ESTIMANDS` says (by default each decision's one-step advantage in long-run value).
+   :data:`~cvm_rl.loop.names.ESTIMANDS` says (by default each decision's one-step advantage
+   in long-run value).
    A candidate is valued as it would be served: with the same epsilon exploration on its
    greedy action (the service keeps its exploration across reloads), so the lift compares
    like with like.
@@ -59,9 +60,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cvm_rl.loop.candidates import (
-    CANDIDATES,
-    DEFAULT_CANDIDATES,
-    STARTS,
     build_candidate,
     clv_surrogate,
     customer_fold,
@@ -70,6 +68,7 @@ from cvm_rl.loop.candidates import (
     served_with_epsilon,
     untrained,
 )
+from cvm_rl.loop.names import CANDIDATES, DEFAULT_CANDIDATES, ESTIMANDS, STARTS
 from cvm_rl.loop.results import (
     CandidateEvaluation,
     Estimate,
@@ -86,33 +85,6 @@ if TYPE_CHECKING:
     from cvm_rl.policies.base import Policy
     from simulator.config import Scenario
 
-ESTIMANDS = ("advantage", "window")
-"""What a retrain's OPE values (:class:`LoopConfig` ``estimand``):
-
-* ``advantage`` (the default): the held-out decisions the serving model made, each labelled with
-  its long-run value as logged (:func:`~cvm_rl.loop.candidates.long_run_labels`): the customer's
-  rewards over its later logged weeks (``label_weeks``; None, the default: all of them) plus the
-  discounted CLV of the state where they stop, minus the CLV of the decision's own state (a
-  state-only baseline, which moves no lift). The CLV is a surrogate of the value from then on:
-  the posterior no-contact value of the BG/NBD and Gamma-Gamma belief on the purchase history
-  and profile (the planner's belief, from observations only; only real purchases move it). The
-  labelled rows are evaluated single-step, customers resampled together, reward model boosted
-  trees. A candidate's lift is its one-step advantage over the serving policy per
-  customer-week: the long-run value of deciding as the candidate this week and as the serving
-  policy afterwards (the policy-improvement step; to first order the candidate's gain per
-  week). Fewer ``label_weeks`` narrow the intervals and put more weight on the surrogate, which
-  a candidate trained on the same labels can game: with 1-week labels the gate promoted the
-  doubly robust bandit at +0.42 [+0.02, +0.91] per customer-week and it realized -0.14 (it
-  bought purchases whose CLV jump the surrogate credits; ``confirm_window``, the default,
-  vetoes it: its whole-policy lift over the window was -0.139 [-0.231, -0.053]). With
-  ``tail_value=False`` the label is the logged rewards alone.
-  A fitted value of the next state (fitted Q evaluation of the serving policy) is not the
-  label: tried, it valued the states after a contact by the customers the rules contact (the
-  latent segment is not in the state), the report endorsed a fitted-Q-iteration policy with
-  a lift of +52 per customer-week, and the loop lost 3.4 per customer of realized long-run
-  value against the rules over 24 weeks.
-* ``window``: the long-run (sequential) estimators on the last ``retrain_every`` weeks'
-  rewards alone: the candidate's whole-policy value over the window, none after it."""
 BATCH_ROWS = 5_000
 """Rows per ``DecideBatch``: the service's default ``--max-batch-rows``
 (``server.config.DEFAULT_MAX_BATCH_ROWS``, not imported here so the CLI's help stays light)."""
@@ -122,7 +94,7 @@ BATCH_ROWS = 5_000
 class LoopConfig:
     """What :func:`run_loop` runs: ``customers`` for ``periods`` weeks, retraining every
     ``retrain_every`` periods, with epsilon exploration ``epsilon``; ``candidates`` from
-    :data:`CANDIDATES`; ``out`` holds the log, bundles, exports and reports."""
+    :data:`~cvm_rl.loop.names.CANDIDATES`; ``out`` holds the log, bundles, exports and reports."""
 
     out: Path
     customers: int = 20_000
