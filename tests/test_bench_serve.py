@@ -33,9 +33,9 @@ RUN_KEYS = {
 }
 
 
-def bench(*args: str) -> subprocess.CompletedProcess[str]:
+def bench(*args: str, module: str = "bench.serve") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bench.serve", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -115,13 +115,7 @@ def test_the_stage_profile_times_every_stage_of_real_calls(tmp_path: Path) -> No
     """``bench.serve_stages --quick``: the real handlers ran (the log holds every decision,
     which the benchmark checks itself) and every stage has a time within its call's."""
     out = tmp_path / "stages.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.serve_stages", "--quick", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = bench("--quick", "--out", str(out), module="bench.serve_stages")
     assert done.returncode == 0, done.stderr[-3000:]
     stages: dict[str, dict[str, float]] = json.loads(out.read_text())["stages"]
     assert list(stages) == [
@@ -146,12 +140,6 @@ def test_the_stage_profile_times_every_stage_of_real_calls(tmp_path: Path) -> No
     ],
 )
 def test_the_stage_profile_refuses_bad_arguments(args: list[str], match: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.serve_stages", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = bench(*args, module="bench.serve_stages")
     assert done.returncode == 2
     assert match in done.stderr
