@@ -26,8 +26,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvm_rl.loop.closed_loop import LoopConfig, run_loop
-from cvm_rl.loop.names import CANDIDATES, ESTIMANDS, STARTS
+from cvm_rl.loop.closed_loop import run_loop
+from cvm_rl.loop.config import CANDIDATES, ESTIMANDS, STARTS, LoopConfig
 from cvm_rl.loop.results import plot_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -18,9 +18,9 @@ from cvm_rl.loop.candidates import (
     response_from_log,
     served_with_epsilon,
 )
-from cvm_rl.loop.closed_loop import LoopConfig, run_loop, window_veto
+from cvm_rl.loop.closed_loop import run_loop, window_veto
+from cvm_rl.loop.config import CANDIDATES, DEFAULT_CANDIDATES, ESTIMANDS, STARTS, LoopConfig
 from cvm_rl.loop.engine import greedy_weights
-from cvm_rl.loop.names import CANDIDATES, DEFAULT_CANDIDATES, ESTIMANDS, STARTS
 from cvm_rl.rollout import Decisions
 from simulator.config import load_scenario
 

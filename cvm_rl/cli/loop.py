@@ -20,27 +20,15 @@ customers) gives the realized long-run lift. It prints a row per period and writ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from cvm_rl.cli.common import CliError, needs_extra, positive_int
-from cvm_rl.loop.names import CANDIDATES, DEFAULT_CANDIDATES, ESTIMANDS, STARTS
+from cvm_rl.loop.config import CANDIDATES, ESTIMANDS, STARTS, LoopConfig
 
 HELP = "the closed loop: serve, log, retrain from the logs, evaluate off-policy, promote"
-# cvm_rl.loop.closed_loop.LoopConfig's defaults (not imported: --help stays light; a test
-# checks they agree).
-DEFAULTS: dict[str, int | float | str | None] = {
-    "customers": 20_000,
-    "periods": 24,
-    "retrain_every": 8,
-    "epsilon": 0.2,
-    "seed": 0,
-    "start": "rules",
-    "n_bootstrap": 200,
-    "estimand": "advantage",
-    "gamma": 0.98,
-    "label_weeks": None,
-    "q_iterations": 60,
-}
+# LoopConfig's own defaults (its module imports nothing heavy: --help stays light).
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(LoopConfig)}
 
 
 def _label_weeks(text: str) -> int | None:
@@ -74,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--candidates",
         nargs="+",
         choices=CANDIDATES,
-        default=list(DEFAULT_CANDIDATES),
+        default=list(LoopConfig.candidates),
         help="candidates trained at each retrain",
     )
     parser.add_argument(
@@ -139,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
         import pyarrow  # noqa: F401
         import sklearn  # noqa: F401
-    from cvm_rl.loop.closed_loop import LoopConfig, run_loop
+    from cvm_rl.loop.closed_loop import run_loop
 
     try:
         config = LoopConfig(

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cvm_rl.loop.names import CANDIDATES, STARTS
+from cvm_rl.loop.config import CANDIDATES, STARTS
 
 if TYPE_CHECKING:
     from cvm_rl.logs.arrays import LoggedDecisions
-    from cvm_rl.loop.closed_loop import LoopConfig
+    from cvm_rl.loop.config import LoopConfig
     from cvm_rl.policies.base import Policy
     from cvm_rl.policies.fitted_q import FittedQ
     from cvm_rl.policies.planner import ResponseEstimate

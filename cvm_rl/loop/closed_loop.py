@@ -23,7 +23,7 @@ outcomes reported. Every ``retrain_every`` periods, while the service keeps serv
 3. **Evaluate them off-policy against the serving policy** with the OPE report
    (:func:`cvm_rl.ope.evaluate.evaluate_candidates` and :func:`cvm_rl.ope.report.write_report`:
    ``out/ope/pN/report.html``) on the other half's decisions made by the serving model, as
-   :data:`~cvm_rl.loop.names.ESTIMANDS` says (by default each decision's one-step advantage
+   :data:`~cvm_rl.loop.config.ESTIMANDS` says (by default each decision's one-step advantage
    in long-run value).
    A candidate is valued as it would be served: with the same epsilon exploration on its
    greedy action (the service keeps its exploration across reloads), so the lift compares
@@ -68,7 +68,7 @@ from cvm_rl.loop.candidates import (
     served_with_epsilon,
     untrained,
 )
-from cvm_rl.loop.names import CANDIDATES, DEFAULT_CANDIDATES, ESTIMANDS, STARTS
+from cvm_rl.loop.config import LoopConfig
 from cvm_rl.loop.results import (
     CandidateEvaluation,
     Estimate,
@@ -84,88 +84,6 @@ if TYPE_CHECKING:
     from cvm_rl.ope.results import OpeResult
     from cvm_rl.policies.base import Policy
     from simulator.config import Scenario
-
-BATCH_ROWS = 5_000
-"""Rows per ``DecideBatch``: the service's default ``--max-batch-rows``
-(``server.config.DEFAULT_MAX_BATCH_ROWS``, not imported here so the CLI's help stays light)."""
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """What :func:`run_loop` runs: ``customers`` for ``periods`` weeks, retraining every
-    ``retrain_every`` periods, with epsilon exploration ``epsilon``; ``candidates`` from
-    :data:`~cvm_rl.loop.names.CANDIDATES`; ``out`` holds the log, bundles, exports and reports."""
-
-    out: Path
-    customers: int = 20_000
-    periods: int = 24
-    retrain_every: int = 8
-    epsilon: float = 0.2
-    seed: int = 0
-    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
-    scenario: str = "default"
-    start: str = "rules"  # the starting campaign: an untrained kind, see STARTS
-    train_share: float = 0.5  # customers whose logs train candidates; the rest evaluate them
-    alpha: float = 0.05
-    n_bootstrap: int = 200
-    response_prior_weeks: float = 200.0  # shrinks each action's uplift towards none
-    batch_rows: int = BATCH_ROWS
-    estimand: str = "advantage"  # see ESTIMANDS
-    gamma: float = 0.98  # weekly discount of the fitted Q-functions (fqi, q_improve)
-    tail_value: bool = True  # advantage labels end with the CLV surrogate (see ESTIMANDS)
-    # Weeks of logged rewards in a label before its CLV tail (None: all the customer has).
-    label_weeks: int | None = None
-    # Fitted Q iterations; None: enough for gamma (fitted_q.default_iterations, 228 at 0.98).
-    q_iterations: int | None = 60
-    control: bool = True  # also simulate the starting campaign alone, to compare with
-    # Under ``advantage``, promote only if the recommended candidate's whole-policy lift over
-    # the last ``retrain_every`` weeks (the ``window`` estimand) is above zero as well.
-    confirm_window: bool = True
-
-    def __post_init__(self) -> None:
-        # Absolute: the service runs in its own directory and loads bundles by path.
-        object.__setattr__(self, "out", Path(self.out).absolute())
-        object.__setattr__(self, "candidates", tuple(self.candidates))
-        for name in ("customers", "periods", "retrain_every", "n_bootstrap", "batch_rows"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.customers < 8:
-            raise ValueError(f"customers must be >= 8 (OPE needs 4 per half), got {self.customers}")
-        if not 0 < self.epsilon <= 1:
-            raise ValueError(f"epsilon must be in (0, 1] (OPE needs it), got {self.epsilon}")
-        if not 0 < self.train_share < 1:
-            raise ValueError(f"train_share must be in (0, 1), got {self.train_share}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if not self.response_prior_weeks >= 0:
-            raise ValueError(f"response_prior_weeks must be >= 0, got {self.response_prior_weeks}")
-        if self.estimand not in ESTIMANDS:
-            raise ValueError(
-                f"estimand must be one of {', '.join(ESTIMANDS)}, got {self.estimand!r}"
-            )
-        if not 0 <= self.gamma < 1:
-            raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
-        if self.q_iterations is not None and (
-            isinstance(self.q_iterations, bool)
-            or not isinstance(self.q_iterations, int)
-            or self.q_iterations < 1
-        ):
-            raise ValueError(f"q_iterations must be an int >= 1 or None, got {self.q_iterations!r}")
-        if self.label_weeks is not None and (
-            isinstance(self.label_weeks, bool)
-            or not isinstance(self.label_weeks, int)
-            or self.label_weeks < 1
-        ):
-            raise ValueError(f"label_weeks must be an int >= 1 or None, got {self.label_weeks!r}")
-        if self.start not in STARTS:
-            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {self.start!r}")
-        unknown = [c for c in self.candidates if c not in CANDIDATES]
-        if unknown or not self.candidates or len(set(self.candidates)) < len(self.candidates):
-            raise ValueError(
-                f"candidates must be distinct names from {', '.join(CANDIDATES)}; got "
-                f"{', '.join(self.candidates) or 'none'}"
-            )
 
 
 def _count_decisions(log_path: Path) -> int:

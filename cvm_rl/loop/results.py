@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from cvm_rl.loop.closed_loop import LoopConfig
+    from cvm_rl.loop.config import LoopConfig
     from cvm_rl.loop.engine import RealizedValue
 
 
