@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.policies
 	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.serve_stages
+	$(BIN)/python -m bench.log_floor
 	$(BIN)/python -m bench.replay
 	$(BIN)/python -m bench.ope
 	$(BIN)/python -m bench.ope_export

@@ -143,3 +143,43 @@ def test_the_stage_profile_refuses_bad_arguments(args: list[str], match: str) ->
     done = bench(*args, module="bench.serve_stages")
     assert done.returncode == 2
     assert match in done.stderr
+
+
+@pytest.mark.slow
+def test_the_log_floor_times_each_design_and_checks_its_store(tmp_path: Path) -> None:
+    """``bench.log_floor --quick``: every design wrote what it was given (the benchmark counts
+    the rows and bytes each store holds) and has a positive time per decision; only today's
+    schema and the file append have unary figures."""
+    out = tmp_path / "floor.json"
+    done = bench("--quick", "--out", str(out), module="bench.log_floor")
+    assert done.returncode == 0, done.stderr[-3000:]
+    floors: dict[str, dict[str, float]] = json.loads(out.read_text())["floors_us"]
+    assert list(floors) == [
+        "decision rows",
+        "event index only",
+        "request BLOBs only",
+        "file append",
+    ]
+    unary = {"unary, back to back", "unary, after a gap"}
+    for design, row in floors.items():
+        assert row["group commit, per decision"] > 0, (design, row)
+        assert row["checkpoint, per decision"] >= 0, (design, row)
+        has_unary = design in ("decision rows", "file append")
+        assert (unary <= set(row)) == has_unary, (design, row)
+    assert "| request BLOBs only |" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--commits", "0"], "--commits must be >= 1, got 0"),
+        (["--batch-rows", "0"], "--batch-rows must be >= 1, got 0"),
+        (["--prefill", "-1"], "--prefill must be >= 0, got -1"),
+        (["--gap-ms", "-0.5"], "--gap-ms must be >= 0, got -0.5"),
+    ],
+)
+def test_the_log_floor_refuses_bad_arguments(args: list[str], match: str) -> None:
+    done = bench(*args, module="bench.log_floor")
+    assert done.returncode == 2
+    assert match in done.stderr
