@@ -283,6 +283,22 @@ def test_temperature_flattens_the_softmax(batch: tuple[np.ndarray, np.ndarray]) 
     assert np.isfinite(probs).all() and (probs[~masks] == 0).all()
 
 
+def test_weights_layout_changes_no_bit(batch: tuple[np.ndarray, np.ndarray]) -> None:
+    """SB3's weights arrive transposed (Fortran order), a bundle's in C order: the same
+    numbers must give the same bits either way (BLAS kernels chosen by layout may sum in
+    another order), or a loaded bundle's propensities would differ from its policy's."""
+    obs, masks = batch
+    weights, biases = _layers(N_FEATURES, 64, 64, 25)
+    fortran = [np.asfortranarray(w) for w in weights]
+    assert all(w.flags.f_contiguous and not w.flags.c_contiguous for w in fortran)
+    c_order = MLPPolicy(SCENARIO, weights, biases)
+    f_order = MLPPolicy(SCENARIO, fortran, biases)
+    np.testing.assert_array_equal(f_order.scores(obs), c_order.scores(obs))
+    np.testing.assert_array_equal(
+        f_order.action_probabilities(obs, masks), c_order.action_probabilities(obs, masks)
+    )
+
+
 # --------------------------------------------------------------------------- bundles
 def _bandit(cls: type[Any], **kwargs: Any) -> Policy:
     policy = cls(SCENARIO, seed=0, **kwargs)

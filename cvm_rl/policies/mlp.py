@@ -70,7 +70,10 @@ class MLPPolicy(Policy):
                 raise ValueError(f"name must be a non-empty string, got {name!r}")
             self.name = name
         self.weights, self.biases = self._check_layers(weights, biases)
-        self._weights64 = [w.astype(np.float64) for w in self.weights]
+        # C order whatever the source's (SB3's weights arrive transposed, a bundle's do not):
+        # OpenBLAS picks its kernel by layout, and on some CPUs (AVX-512) the two sum in a
+        # different order, so the same policy would give a different last bit once loaded.
+        self._weights64 = [np.ascontiguousarray(w, dtype=np.float64) for w in self.weights]
         self._biases64 = [b.astype(np.float64) for b in self.biases]
 
     def _check_layers(
