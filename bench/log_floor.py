@@ -34,12 +34,13 @@ over transactions, then the median of ``repeats`` runs taken in turns.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,9 @@ import numpy as np
 
 from bench.machine import machine_info, write_result
 from bench.serve import code_version
+from cvm_rl.logs.records import DecisionBatch, PreparedBatch
 from cvm_rl.logs.schema import DECISION_COLUMNS, TABLES
-from cvm_rl.logs.store import _INSERT_CHUNK, _INSERT_REQUEST, _insert_decisions_sql
+from cvm_rl.logs.store import _INSERT_CHUNK, _INSERT_REQUEST, insert_request
 
 DESIGNS = ("decision rows", "event index only", "request BLOBs only", "file append")
 UNARY_DESIGNS = ("decision rows", "file append")
@@ -63,6 +65,11 @@ _EVENTS = (
     "CREATE TABLE events (event_id TEXT PRIMARY KEY, request INTEGER NOT NULL, "
     "request_row INTEGER NOT NULL) WITHOUT ROWID"
 )
+
+
+@functools.lru_cache(maxsize=_INSERT_CHUNK)
+def _insert_events_sql(n_rows: int) -> str:
+    return "INSERT INTO events VALUES " + ", ".join(["(?, ?, ?)"] * n_rows)
 
 
 @dataclass
@@ -120,24 +127,15 @@ class Target:
         assert db is not None
         db.execute("BEGIN IMMEDIATE")
         for r in requests:
+            if self.design == "decision rows":  # the log's own code
+                insert_request(db, r.request_row, r.decision_flat)
+                continue
             request = db.execute(_INSERT_REQUEST, r.request_row).lastrowid
-            if self.design == "decision rows":
-                width = len(DECISION_COLUMNS)
-                r.decision_flat[3::width] = [request] * r.n_rows
-                for start in range(0, r.n_rows, _INSERT_CHUNK):
-                    stop = min(start + _INSERT_CHUNK, r.n_rows)
-                    db.execute(
-                        _insert_decisions_sql(stop - start),
-                        r.decision_flat[start * width : stop * width],
-                    )
-            elif self.design == "event index only":
+            if self.design == "event index only":
                 r.event_flat[1::3] = [request] * r.n_rows
                 for start in range(0, r.n_rows, _INSERT_CHUNK):
                     stop = min(start + _INSERT_CHUNK, r.n_rows)
-                    db.execute(
-                        "INSERT INTO events VALUES " + ", ".join(["(?, ?, ?)"] * (stop - start)),
-                        r.event_flat[start * 3 : stop * 3],
-                    )
+                    db.execute(_insert_events_sql(stop - start), r.event_flat[start * 3 : stop * 3])
         db.execute("COMMIT")
 
     def checkpoint_if_full(self) -> None:
@@ -173,50 +171,42 @@ class Target:
 
 
 class Request:
-    """One request's parameters, built before any clock starts: the ``requests`` row, the
-    decisions' rows as one flat list, the event index's rows, and the bytes of a journal
-    record (the BLOBs and the decisions' text)."""
+    """One request's parameters, built before any clock starts by the log's own code
+    (:class:`PreparedBatch`): the ``requests`` row and the decisions' rows as one flat list;
+    beside them the event index's rows and the bytes of a journal record (the BLOBs and the
+    decisions' text)."""
 
     def __init__(self, tag: str, n_rows: int, args: Args, rng: np.random.Generator) -> None:
         self.n_rows = n_rows
-        features = rng.random((n_rows, args.n_features), dtype=np.float32).tobytes()
-        eligible = np.ones((n_rows, args.n_actions), dtype=np.uint8).tobytes()
-        probabilities = rng.dirichlet(np.ones(args.n_actions), size=n_rows).tobytes()
-        self.request_row = (
-            1,
-            n_rows,
-            args.n_features,
-            args.n_actions,
-            features,
-            eligible,
-            probabilities,
+        probabilities = rng.dirichlet(np.ones(args.n_actions), size=n_rows)
+        actions = rng.integers(0, args.n_actions, size=n_rows)
+        chosen = probabilities[np.arange(n_rows), actions]
+        batch = DecisionBatch(
+            event_ids=[f"{tag}-{i:05d}" for i in range(n_rows)],
+            customer_ids=[f"customer-{i}" for i in range(n_rows)],
+            decided_at_us=np.full(n_rows, 1_790_000_000_000_000),
+            activation=1,
+            action_index=actions,
+            propensity=chosen,
+            policy_action_index=actions,
+            policy_propensity=chosen,
+            baseline_action_index=np.full(n_rows, -1),
+            explored=np.zeros(n_rows, dtype=bool),
+            features=rng.random((n_rows, args.n_features), dtype=np.float32),
+            eligible=np.ones((n_rows, args.n_actions), dtype=bool),
+            probabilities=probabilities,
         )
-        event_ids = [f"{tag}-{i:05d}" for i in range(n_rows)]
-        actions = rng.integers(0, args.n_actions, size=n_rows).tolist()
-        decided_at_us = 1_790_000_000_000_000
-        self.decision_flat: list[Any] = []
-        self.event_flat: list[Any] = []
-        for i, (event_id, action) in enumerate(zip(event_ids, actions, strict=True)):
-            self.decision_flat += (
-                event_id,
-                f"customer-{i}",
-                decided_at_us,
-                0,
-                i,
-                action,
-                0.125,
-                action,
-                0.125,
-                None,
-                0,
-            )
-            self.event_flat += (event_id, 0, i)
+        prepared = PreparedBatch.of(batch)
+        self.request_row, self.decision_flat = prepared.request_row, prepared.flat
+        self.event_flat: list[Any] = [None] * (3 * n_rows)
+        self.event_flat[0::3] = batch.event_ids
+        self.event_flat[2::3] = range(n_rows)
         width = len(DECISION_COLUMNS)
-        lines = (
-            self.decision_flat[k : k + width] for k in range(0, len(self.decision_flat), width)
+        text = "\n".join(
+            ",".join(map(str, self.decision_flat[k : k + width]))
+            for k in range(0, len(self.decision_flat), width)
         )
-        text = "\n".join(",".join(map(str, line)) for line in lines)
-        self.raw = features + eligible + probabilities + text.encode()
+        self.raw = b"".join(self.request_row[4:]) + text.encode()
 
 
 class RequestStream:
@@ -258,7 +248,7 @@ def measure(args: Args, directory: Path) -> dict[str, Any]:
     streams = {
         d: RequestStream(f"batch-{i}", args.batch_rows, args, rng) for i, d in enumerate(DESIGNS)
     }
-    unary = {d: RequestStream(f"unary-{i}", 1, args, rng) for i, d in enumerate(DESIGNS)}
+    unary = {d: RequestStream(f"unary-{i}", 1, args, rng) for i, d in enumerate(UNARY_DESIGNS)}
     runs: dict[str, list[dict[str, float]]] = {}
     try:
         for design, target in targets.items():  # prefill, untimed
@@ -327,16 +317,10 @@ def run(args: Args) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> Args:
     defaults = Args()
     parser = argparse.ArgumentParser(description=__doc__)
-    positive: dict[str, Callable[[str], Any]] = {
-        "unary-calls": int,
-        "commits": int,
-        "repeats": int,
-        "batch-rows": int,
-        "in-flight": int,
-    }
-    for flag, kind in positive.items():
+    positive = ("unary_calls", "commits", "repeats", "batch_rows", "in_flight")
+    for name in positive:
         parser.add_argument(
-            f"--{flag}", type=kind, default=getattr(defaults, flag.replace("-", "_"))
+            "--" + name.replace("_", "-"), type=int, default=getattr(defaults, name)
         )
     parser.add_argument("--prefill", type=int, default=defaults.prefill)
     parser.add_argument("--gap-ms", type=float, default=defaults.gap_ms)
@@ -344,15 +328,14 @@ def parse_args(argv: Sequence[str] | None = None) -> Args:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--out", default=defaults.out)
     ns = parser.parse_args(argv)
-    for flag in positive:
-        value = getattr(ns, flag.replace("-", "_"))
-        if value < 1:
-            parser.error(f"--{flag} must be >= 1, got {value}")
+    for name in positive:
+        if getattr(ns, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(ns, name)}")
     if ns.prefill < 0:
         parser.error(f"--prefill must be >= 0, got {ns.prefill}")
     if ns.gap_ms < 0:
         parser.error(f"--gap-ms must be >= 0, got {ns.gap_ms}")
-    args = Args(**{k: v for k, v in vars(ns).items() if k != "quick"}, quick=ns.quick)
+    args = Args(**vars(ns))
     if args.quick:
         args.unary_calls, args.commits, args.prefill, args.repeats = 20, 4, 2_048, 1
     return args

@@ -66,6 +66,7 @@ __all__ = [
     "OutcomeRecord",
     "StoredDecision",
     "UnknownEvents",
+    "insert_request",
     "now_us",
 ]
 
@@ -90,6 +91,24 @@ _INSERT_OUTCOME = (
     f"INSERT INTO outcomes ({', '.join(OUTCOME_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(OUTCOME_COLUMNS))})"
 )
+
+
+def insert_request(db: sqlite3.Connection, request_row: tuple[Any, ...], flat: list[Any]) -> int:
+    """Inside the caller's write transaction: insert a ``requests`` row and its decisions
+    (:meth:`DecisionBatch.flat_rows`, whose ``request`` column is set here to the new row's
+    id) with OR IGNORE, :data:`_INSERT_CHUNK` rows per statement; returns how many decisions
+    were inserted (OR IGNORE skips stored event ids)."""
+    request = db.execute(_INSERT_REQUEST, request_row).lastrowid
+    assert request is not None
+    width = len(DECISION_COLUMNS)
+    n = len(flat) // width
+    flat[3::width] = [request] * n
+    inserted = 0
+    for start in range(0, n, _INSERT_CHUNK):
+        stop = min(start + _INSERT_CHUNK, n)
+        params = flat if stop - start == n else flat[start * width : stop * width]
+        inserted += db.execute(_insert_decisions_sql(stop - start), params).rowcount
+    return inserted
 
 
 class DecisionLog:
@@ -325,7 +344,9 @@ class DecisionLog:
             tx = self._write_transaction(wait)
             if len(set(ids)) == len(ids):
                 with tx:
-                    inserted = sum(self._insert_rows(p.request_row, p.flat) for p in prepared)
+                    inserted = sum(
+                        insert_request(self._db, p.request_row, p.flat) for p in prepared
+                    )
                     if inserted == len(ids):
                         return [{} for _ in prepared]
                     tx.rollback()
@@ -350,37 +371,8 @@ class DecisionLog:
                 )
             fresh = [i for i, e in enumerate(batch.event_ids) if e not in stored]
             if fresh:
-                self._insert(batch, fresh)
+                insert_request(self._db, batch.request_row(), batch.flat_rows(0, fresh))
         return stored
-
-    def _insert(self, batch: DecisionBatch, indices: Sequence[int]) -> int:
-        """Insert the batch's request and the ``indices`` of its decisions with OR IGNORE;
-        returns how many decisions were inserted."""
-        request = self._db.execute(_INSERT_REQUEST, batch.request_row()).lastrowid
-        assert request is not None
-        flat = batch.flat_rows(request, indices)
-        return self._insert_decisions(flat)
-
-    def _insert_rows(self, request_row: tuple[Any, ...], flat: list[Any]) -> int:
-        """Insert a request and all its decisions (:meth:`DecisionBatch.flat_rows`, whose
-        ``request`` column is set here) with OR IGNORE; returns how many were inserted."""
-        request = self._db.execute(_INSERT_REQUEST, request_row).lastrowid
-        assert request is not None
-        width = len(DECISION_COLUMNS)
-        flat[3::width] = [request] * (len(flat) // width)
-        return self._insert_decisions(flat)
-
-    def _insert_decisions(self, flat: list[Any]) -> int:
-        """Insert ``decisions`` rows given as one flat list, :data:`_INSERT_CHUNK` rows per
-        statement; returns how many were inserted (OR IGNORE skips stored event ids)."""
-        width = len(DECISION_COLUMNS)
-        n = len(flat) // width
-        inserted = 0
-        for start in range(0, n, _INSERT_CHUNK):
-            stop = min(start + _INSERT_CHUNK, n)
-            params = flat if stop - start == n else flat[start * width : stop * width]
-            inserted += self._db.execute(_insert_decisions_sql(stop - start), params).rowcount
-        return inserted
 
     def get_decisions(self, event_ids: Sequence[str]) -> dict[str, StoredDecision]:
         """Stored decisions by event id (ids never decided are absent)."""
